@@ -1,0 +1,57 @@
+"""Every Redis key cliffwatch uses, as templates under one prefix.
+
+All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts them in
+one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
+no script touches more than one metric's keys.
+
+==============================  ======  ================================================
+key                             type    holds
+==============================  ======  ================================================
+``P{m}:s:<minute>``             hash    field ``0``..``59`` (second of that minute) ->
+                                        events counted in that second; a missing field
+                                        is *no data*, ``0`` is zero events. ``<minute>``
+                                        is the epoch second the minute starts at.
+``P{m}:state``                  hash    the metric's alert state (ok / firing) and the
+                                        open incident, written by the worker
+``P{m}:detector``               string  the detector's learnt state for the metric
+``Pmetrics``                    set     every metric name any app has flushed
+``Pemitters``                   hash    ``<host>:<pid>`` -> epoch second of its last flush
+==============================  ======  ================================================
+
+``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "cliffwatch:"
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def seconds(self, metric: str, minute: int) -> str:
+        """Hash of per-second counts for the minute starting at epoch second ``minute``."""
+        return f"{self.prefix}{{{metric}}}:s:{minute}"
+
+    def state(self, metric: str) -> str:
+        """Hash holding the metric's alert state and open incident."""
+        return f"{self.prefix}{{{metric}}}:state"
+
+    def detector(self, metric: str) -> str:
+        """The detector's learnt state for the metric."""
+        return f"{self.prefix}{{{metric}}}:detector"
+
+    @property
+    def metrics(self) -> str:
+        """Set of every metric name flushed by any app."""
+        return f"{self.prefix}metrics"
+
+    @property
+    def emitters(self) -> str:
+        """Hash of ``<host>:<pid>`` -> epoch second of that process's last flush."""
+        return f"{self.prefix}emitters"
