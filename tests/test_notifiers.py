@@ -1,0 +1,396 @@
+"""Slack and PagerDuty notifiers against a local HTTP stand-in (tests/httpstub.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from httpstub import SLACK_WEBHOOK_PATH, Recorder, Request, slack_channel_id
+
+from cliffwatch.alerting.alert import Alert
+from cliffwatch.alerting.notifiers import (
+    PAGERDUTY_DEDUP_KEY,
+    SLACK_CHANNEL,
+    SLACK_TS,
+    PagerDutyNotifier,
+    SlackNotifier,
+    escape_mrkdwn,
+)
+from cliffwatch.errors import ConfigError, DeliveryError
+
+TOKEN = "xoxb-1111-2222-SECRETtoken"
+ROUTING_KEY = "R0UTINGsecretKEY0123456789abcdef"
+STARTED = 1_714_564_800  # 2024-05-01T12:00:00Z
+EVIL = "orders<!channel>&<https://evil.example|click>"
+
+
+@pytest.fixture
+def stub() -> Iterator[Recorder]:
+    with Recorder() as recorder:
+        yield recorder
+
+
+def alert(state: str = "firing", metric: str = "orders.created", **changes: Any) -> Alert:
+    firing = state == "firing"
+    fields: dict[str, Any] = {
+        "metric": metric,
+        "state": state,
+        "at": STARTED if firing else STARTED + 12 * 60,
+        "severity": "page",
+        "score": 7.25,
+        "rate": 0.4 if firing else 18.7,
+        "baseline": 19.8,
+        "incident_id": f"{metric}@{STARTED}",
+        "started_at": STARTED,
+        "threshold": 5.0,
+    }
+    fields.update(changes)
+    return Alert(**fields)
+
+
+def slack(stub: Recorder, **options: Any) -> SlackNotifier:
+    return SlackNotifier(token=TOKEN, channel="#alerts", base_url=stub.slack_api_url, **options)
+
+
+def pagerduty(stub: Recorder, **options: Any) -> PagerDutyNotifier:
+    return PagerDutyNotifier(routing_key=ROUTING_KEY, url=stub.pagerduty_url, **options)
+
+
+def texts(request: Request) -> str:
+    """Every string the request body carries, as one JSON text."""
+    return json.dumps(request.data, ensure_ascii=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for secret in (TOKEN, ROUTING_KEY, SLACK_WEBHOOK_PATH):
+            assert secret not in text
+
+
+# -- wording -----------------------------------------------------------------------------
+
+
+def test_escape_mrkdwn_neutralises_specials() -> None:
+    """&, < and > become entities, & first, so nothing can form a mention or a link."""
+    assert escape_mrkdwn("a & <!channel> <@U1> b>") == "a &amp; &lt;!channel&gt; &lt;@U1&gt; b&gt;"
+    assert escape_mrkdwn("&lt;") == "&amp;lt;"
+
+
+def test_alert_to_json_and_validation() -> None:
+    """to_json carries every field; an unknown state is a ValueError naming it."""
+    assert alert().to_json() == {
+        "metric": "orders.created",
+        "state": "firing",
+        "at": STARTED,
+        "severity": "page",
+        "score": 7.25,
+        "rate": 0.4,
+        "baseline": 19.8,
+        "incident_id": f"orders.created@{STARTED}",
+        "started_at": STARTED,
+        "threshold": 5.0,
+    }
+    with pytest.raises(ValueError, match="state"):
+        alert(state="open")
+
+
+# -- Slack, bot token --------------------------------------------------------------------
+
+
+def test_slack_firing_posts_one_escaped_message(stub: Recorder) -> None:
+    """Firing posts one chat.postMessage with blocks, fallback text and the metric escaped."""
+    memo = slack(stub).send(alert(metric=EVIL), {})
+
+    [post] = stub.requests
+    assert post.path == "/api/chat.postMessage"
+    assert post.headers["authorization"] == f"Bearer {TOKEN}"
+    body = post.json
+    assert body["channel"] == "#alerts"
+    assert memo == {SLACK_CHANNEL: slack_channel_id("#alerts"), SLACK_TS: memo[SLACK_TS]}
+    everything = texts(post)
+    assert "<" not in everything and ">" not in everything
+    assert "&lt;!channel&gt;&amp;&lt;https://evil.example|click&gt;" in body["text"]
+    assert "fell to 0.4/s from 19.8/s (−98%)" in body["text"]
+    assert "2024-05-01T12:00:00Z" in body["text"]
+    assert "7.2 (threshold 5.0)" in everything
+    assert body["blocks"][0]["text"]["verbatim"] is True
+
+
+def test_slack_resolve_updates_the_same_message_and_replies_in_thread(stub: Recorder) -> None:
+    """Resolve edits the firing message (same channel id and ts) and broadcasts a thread reply."""
+    notifier = slack(stub)
+    memo = notifier.send(alert(), {})
+    kept = notifier.send(alert("resolved"), memo)
+
+    post, update, reply = stub.requests
+    assert kept == memo
+    assert update.path == "/api/chat.update"
+    assert (update.json["channel"], update.json["ts"]) == (memo[SLACK_CHANNEL], memo[SLACK_TS])
+    assert "back to 18.7/s (normal 19.8/s) after 12 min" in update.json["text"]
+    assert "RESOLVED" in update.json["text"]
+    assert reply.path == "/api/chat.postMessage"
+    assert reply.json["thread_ts"] == memo[SLACK_TS]
+    assert reply.json["channel"] == memo[SLACK_CHANNEL]
+    assert reply.json["reply_broadcast"] is True
+
+
+def test_slack_resolve_without_ts_posts_a_new_message(stub: Recorder) -> None:
+    """With no ts in the memo, resolve posts a fresh message and returns its ts."""
+    memo = slack(stub).send(alert("resolved"), {})
+
+    [post] = stub.requests
+    assert post.path == "/api/chat.postMessage"
+    assert "thread_ts" not in post.json
+    assert memo[SLACK_TS]
+
+
+def test_slack_resolve_still_replies_when_the_message_is_gone(stub: Recorder) -> None:
+    """A chat.update refused with message_not_found does not stop the thread reply."""
+    memo = {SLACK_CHANNEL: slack_channel_id("#alerts"), SLACK_TS: "1.000001"}
+    slack(stub).send(alert("resolved"), memo)
+
+    assert [r.path for r in stub.requests] == ["/api/chat.update", "/api/chat.postMessage"]
+
+
+def test_slack_429_is_retried_after_retry_after(stub: Recorder) -> None:
+    """A 429 with Retry-After: 1 is retried by the SDK handler about a second later."""
+    stub.fail_next(1, 429, headers={"Retry-After": "1"}, path="/api/chat.postMessage")
+    memo = slack(stub).send(alert(), {})
+
+    first, second = stub.requests
+    assert second.received_at - first.received_at >= 0.95
+    assert memo[SLACK_TS]
+
+
+def test_slack_429_beyond_max_retry_after_is_not_waited_for(stub: Recorder) -> None:
+    """A Retry-After longer than max_retry_after fails at once instead of stalling the worker."""
+    stub.fail_next(1, 429, headers={"Retry-After": "120"})
+    with pytest.raises(DeliveryError, match="429"):
+        slack(stub, max_retry_after=5).send(alert(), {})
+    assert len(stub.requests) == 1
+
+
+def test_slack_transient_api_error_is_retried(stub: Recorder) -> None:
+    """An ok:false internal_error answer is retried; a permanent error is not."""
+    stub.fail_next(1, 200, body={"ok": False, "error": "internal_error"})
+    assert slack(stub).send(alert(), {})[SLACK_TS]
+    assert len(stub.requests) == 2
+
+
+def test_slack_errors_are_delivery_errors_without_the_token(
+    stub: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500s past the retries and API refusals raise DeliveryError that never shows the token."""
+    caplog.set_level(logging.DEBUG)
+    stub.fail_next(2, 500, body={"ok": False, "error": f"boom {TOKEN}"})
+    with pytest.raises(DeliveryError, match="HTTP 500") as failed:
+        slack(stub, attempts=2).send(alert(), {})
+    assert len(stub.requests) == 2
+
+    stub.fail_next(1, 200, body={"ok": False, "error": "channel_not_found"})
+    with pytest.raises(DeliveryError, match="channel_not_found") as refused:
+        slack(stub).send(alert(), {})
+    assert len(stub.requests) == 3
+
+    for error in (failed.value, refused.value):
+        assert error.__cause__ is None and error.__context__ is None
+    assert_no_secrets(str(failed.value), str(refused.value), caplog.text)
+
+
+def test_slack_unreachable_is_a_delivery_error_without_secrets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Connection errors are retried, then raise DeliveryError; no token or webhook URL leaks."""
+    caplog.set_level(logging.DEBUG)
+    dead = f"http://127.0.0.1:{free_port()}"
+    token_mode = SlackNotifier(token=TOKEN, channel="#a", base_url=f"{dead}/api/", attempts=2)
+    hook_mode = SlackNotifier(webhook_url=dead + SLACK_WEBHOOK_PATH, attempts=2)
+    for notifier in (token_mode, hook_mode):
+        with pytest.raises(DeliveryError, match="could not be reached") as failed:
+            notifier.send(alert(), {})
+        assert_no_secrets(str(failed.value), repr(notifier))
+    assert any("Failed to send a request" in r.getMessage() for r in caplog.records)
+    assert_no_secrets(caplog.text)
+
+
+# -- Slack, incoming webhook -------------------------------------------------------------
+
+
+def test_slack_webhook_posts_each_transition(stub: Recorder) -> None:
+    """With a webhook URL, firing and resolved are two escaped posts and the memo stays empty."""
+    notifier = SlackNotifier(webhook_url=stub.slack_webhook_url)
+    assert notifier.send(alert(metric=EVIL), {}) == {}
+    assert notifier.send(alert("resolved", metric=EVIL), {}) == {}
+
+    firing, resolved = stub.requests
+    assert firing.path == resolved.path == SLACK_WEBHOOK_PATH
+    assert "fell to 0.4/s" in firing.json["text"]
+    assert "back to 18.7/s" in resolved.json["text"]
+    for request in (firing, resolved):
+        assert "<" not in texts(request) and "&lt;!channel&gt;" in request.json["text"]
+
+
+def test_slack_webhook_refusal_is_a_delivery_error(stub: Recorder) -> None:
+    """A webhook 404 raises DeliveryError naming the status, not the URL."""
+    stub.fail_next(1, 404, body="no_service")
+    with pytest.raises(DeliveryError, match="404") as failed:
+        SlackNotifier(webhook_url=stub.slack_webhook_url).send(alert(), {})
+    assert_no_secrets(str(failed.value))
+
+
+# -- PagerDuty ---------------------------------------------------------------------------
+
+
+def test_pagerduty_trigger_and_resolve_share_a_deterministic_dedup_key(stub: Recorder) -> None:
+    """Trigger and resolve (even from a fresh notifier with no memo) use cliffwatch/<m>/<start>."""
+    memo = pagerduty(stub).send(alert(), {})
+    pagerduty(stub).send(alert("resolved"), {})
+
+    key = f"cliffwatch/orders.created/{STARTED}"
+    assert memo == {PAGERDUTY_DEDUP_KEY: key}
+    trigger, resolve = (r.json for r in stub.requests_to("/v2/enqueue"))
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert trigger["dedup_key"] == resolve["dedup_key"] == key
+    assert trigger["routing_key"] == resolve["routing_key"] == ROUTING_KEY
+    payload = trigger["payload"]
+    assert payload["summary"].startswith("orders.created fell to 0.4/s from 19.8/s (−98%)")
+    assert payload["severity"] == "critical"
+    assert payload["source"] == "cliffwatch"
+    assert payload["component"] == "orders.created"
+    assert payload["timestamp"] == "2024-05-01T12:00:00Z"
+    details = payload["custom_details"]
+    assert (details["rate"], details["baseline"], details["score"], details["threshold"]) == (
+        0.4,
+        19.8,
+        7.25,
+        5.0,
+    )
+
+
+def test_pagerduty_notify_severity_and_long_summary(stub: Recorder) -> None:
+    """A notify alert is a warning, and a huge metric name still yields a summary <= 1024."""
+    pagerduty(stub).send(alert(metric="m" * 2000, severity="notify"), {})
+
+    [trigger] = stub.requests
+    assert trigger.json["payload"]["severity"] == "warning"
+    assert len(trigger.json["payload"]["summary"]) == 1024
+
+
+def test_pagerduty_500_then_202_is_retried(stub: Recorder) -> None:
+    """A 500 is retried after a short backoff and the event is then accepted."""
+    stub.fail_next(1, 500)
+    pagerduty(stub).send(alert(), {})
+
+    first, second = stub.requests
+    assert first.json == second.json
+    assert second.received_at - first.received_at >= 0.45
+
+
+def test_pagerduty_429_honours_retry_after(stub: Recorder) -> None:
+    """A 429 with Retry-After: 1 is retried no sooner than a second later."""
+    stub.fail_next(1, 429, headers={"Retry-After": "1"})
+    pagerduty(stub).send(alert(), {})
+
+    first, second = stub.requests
+    assert second.received_at - first.received_at >= 0.95
+
+
+def test_pagerduty_400_is_not_retried(stub: Recorder) -> None:
+    """A 400 raises DeliveryError at once, with PagerDuty's reason and without the routing key."""
+    body = {"status": "invalid event", "errors": [f"routing key {ROUTING_KEY} is bad"]}
+    stub.fail_next(1, 400, body=body)
+    with pytest.raises(DeliveryError, match="HTTP 400: invalid event") as failed:
+        pagerduty(stub).send(alert(), {})
+
+    assert len(stub.requests) == 1
+    assert_no_secrets(str(failed.value))
+
+
+def test_pagerduty_gives_up_after_the_attempts(stub: Recorder) -> None:
+    """Persistent 503s stop after `attempts` tries with a DeliveryError."""
+    stub.fail_next(5, 503)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="HTTP 503.*gave up after 2 attempts"):
+        pagerduty(stub, attempts=2).send(alert(), {})
+    assert len(stub.requests) == 2
+    assert time.monotonic() - started < 5
+
+
+def test_pagerduty_retry_after_past_the_budget_fails_at_once(stub: Recorder) -> None:
+    """A Retry-After beyond max_elapsed is not slept through: DeliveryError right away."""
+    stub.fail_next(1, 429, headers={"Retry-After": "60"})
+    with pytest.raises(DeliveryError, match="429"):
+        pagerduty(stub, max_elapsed=10).send(alert(), {})
+    assert len(stub.requests) == 1
+
+
+def test_pagerduty_unreachable_is_a_delivery_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Connection errors are retried, then raise DeliveryError without the routing key."""
+    caplog.set_level(logging.DEBUG)
+    notifier = PagerDutyNotifier(
+        routing_key=ROUTING_KEY, url=f"http://127.0.0.1:{free_port()}/v2/enqueue", attempts=2
+    )
+    with pytest.raises(DeliveryError, match="could not be reached.*2 attempts") as failed:
+        notifier.send(alert(), {})
+    assert "retrying" in caplog.text
+    assert_no_secrets(str(failed.value), caplog.text)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_repr_hides_secrets(stub: Recorder) -> None:
+    """repr() of every notifier shows where it sends, never the token, URL secret or key."""
+    shown = [
+        repr(slack(stub)),
+        repr(SlackNotifier(webhook_url=stub.slack_webhook_url)),
+        repr(pagerduty(stub)),
+    ]
+    assert "#alerts" in shown[0] and stub.pagerduty_url in shown[2]
+    assert_no_secrets(*shown)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"token": TOKEN, "webhook_url": "https://hooks.slack.com/services/x"},
+        {"token": TOKEN},
+        {"webhook_url": "file:///etc/passwd"},
+        {"token": TOKEN, "channel": "#a", "attempts": 0},
+    ],
+)
+def test_slack_bad_options_are_config_errors(options: dict[str, Any]) -> None:
+    """Neither/both modes, a token without channel, a non-http URL or 0 attempts: ConfigError."""
+    with pytest.raises(ConfigError) as failed:
+        SlackNotifier(**options)
+    assert_no_secrets(str(failed.value))
+
+
+def test_pagerduty_bad_options_are_config_errors() -> None:
+    """An empty routing key or a non-http URL is a ConfigError."""
+    with pytest.raises(ConfigError, match="routing_key"):
+        PagerDutyNotifier(routing_key=" ")
+    with pytest.raises(ConfigError, match="url"):
+        PagerDutyNotifier(routing_key=ROUTING_KEY, url="ftp://example.com/")
+
+
+def test_alert_replace_keeps_incident() -> None:
+    """The resolved alert derived from the firing one keeps the incident fields (frozen record)."""
+    firing = alert()
+    resolved = replace(firing, state="resolved", at=STARTED + 60, rate=19.0)
+    assert (resolved.incident_id, resolved.started_at) == (firing.incident_id, firing.started_at)
+    with pytest.raises(AttributeError):
+        firing.rate = 1.0  # type: ignore[misc]
