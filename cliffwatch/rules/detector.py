@@ -1,0 +1,373 @@
+"""The drop detector: per-second counts in, alert transitions out. Pure numpy, no I/O.
+
+The score
+---------
+For every metric and every second ``t`` the detector asks, at each time scale ``w`` of
+1, 2, 4, ... 1024 seconds: *how far below normal is the count of the last w seconds,
+in units of this metric's own noise at that scale?*
+
+* ``S`` is the number of events in the last ``w`` seconds (seconds with no data are left
+  out: a gap is never read as zero events), ``n`` the seconds with data among them.
+* ``B`` is the metric's normal rate: the median of its per-minute rates over the last hour
+  (minutes inside an incident left out), so a surge that ends, or a blip, does not move it.
+* ``E = B * n`` is the count expected if nothing were wrong.
+* The noise at scale ``w`` is learnt from the metric's own history: the variance of ``S``
+  around ``E`` is ``E + v_w * E**2`` — Poisson noise plus the metric's burstiness and
+  drift at that scale (``v_w`` is a running, outlier-clipped average of the excess).
+  That is a negative binomial, and ``r_w`` is its signed deviance residual: like
+  ``(S - E) / sd`` for large counts, but exact about how telling a silent second is.
+
+The score is the steepest of those falls, scaled so that the threshold keeps its
+meaning for a pager::
+
+    score = 3 * min_w r_w / Z_PAGE
+
+``Z_PAGE`` (5.5) is the depth, in standard deviations, that noise alone reaches at
+any of the scales about once a year for a metric watched every second; so ``-3`` pages
+on a fall that is 5.5 sd deep at some scale, and ``-4`` asks for 7.3 sd. A fall
+builds evidence over several windows, so a busy metric (20/s) crosses ``-3`` within a
+second of an outage, and a quiet one (0.3/s) within a minute or two: the delay adapts
+to volume on its own.
+
+Firing and resolving
+--------------------
+A metric fires when its score is at or below its threshold, it is warm (an hour of data
+seen, half of the last hour's minutes with data) and its normal rate is known. While it
+fires, its normal rate is frozen at the value it had when it fired, and incident minutes
+teach the detector nothing. It resolves once the rate over the last ``w_r`` seconds
+(long enough to expect 30 events, 30 s to 15 min) is back to at least 75 % of that
+frozen rate, or is no longer significantly (1 sd) below it.
+
+State changes only at whole-minute boundaries (baseline, noise) or per second (alert
+state), so the result does not depend on how the counts are chunked: the worker feeds
+one second at a time, ``backtest`` feeds whole blocks, and both get the same alerts.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SCALES = tuple(2**i for i in range(11))  # 1 s .. 1024 s
+Z_PAGE = 5.5
+RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
+DAY_MINUTES = 1440
+PROFILE_DAYS = 3  # the daily cycle: the same time of day on each of the last 3 days
+PROFILE_HALF_WIDTH = 5  # a day's rate at a minute: median of the 11 minutes around it
+RING_MINUTES = PROFILE_DAYS * DAY_MINUTES + RECENT_MINUTES + PROFILE_HALF_WIDTH + 2
+FLOOR_MIN_EVENTS = 20.0  # natural falls are learnt where a window expects this many events
+FLOOR_HALF_DAY = 720  # the natural floor remembers the last 12 to 24 hours
+FLOOR_RANK = 3  # ... and is its third-lowest minute
+DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
+WARMUP_MINUTES = DAY_MINUTES
+NOISE_MEMORY_MINUTES = 360
+PRIOR_EXCESS = 0.05  # burstiness assumed before any history: 22 % extra sd at every scale
+CLIP_SD = 5.0  # a second's residual counts at most this many sd when learning the noise
+RESOLVE_EVENTS = 30.0
+RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
+RESOLVE_FRACTION = 0.75
+RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
+HISTORY_S = max(max(SCALES), RESOLVE_MAX_S) + 64
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A metric's alert state changed at second ``at``."""
+
+    index: int  # the metric's position in the detector
+    state: str  # "firing" or "resolved"
+    at: int  # epoch second of the last second that decided it
+    score: float
+    rate: float  # events/s at the decisive scale (firing) or over the resolve window
+    baseline: float  # normal rate, events/s
+
+
+class Detector:
+    """Judges many metrics at once, one second or many seconds per call.
+
+    ``update(counts, start)`` takes a ``(metrics, seconds)`` array of event counts
+    (``NaN`` = no data) for consecutive seconds starting at epoch second ``start`` and
+    returns the alert transitions in them. Seconds must follow on from the previous call;
+    seconds skipped over count as no data, seconds already seen are ignored.
+    """
+
+    def __init__(self, n_metrics: int, thresholds: Sequence[float] | float = -3.0,
+                 min_rates: Sequence[float] | float = 0.0,
+                 warmup_minutes: int = WARMUP_MINUTES) -> None:
+        m = n_metrics
+        self.n = m
+        self.thresholds = np.broadcast_to(np.asarray(thresholds, float), (m,)).copy()
+        self.min_rates = np.broadcast_to(np.asarray(min_rates, float), (m,)).copy()
+        self.warmup_minutes = warmup_minutes
+        self.next_second: int | None = None  # the epoch second the next count belongs to
+        # running sums of counts and of seconds with data, in a ring of HISTORY_S seconds,
+        # indexed by position (seconds fed since the start)
+        self._csum = np.zeros((m, HISTORY_S))
+        self._cvalid = np.zeros((m, HISTORY_S))
+        self._pos = 0
+        self._clear_pos = np.zeros(m, np.int64)  # windows start at or after this position
+        # the minute being filled
+        self._minute_sum = np.zeros(m)
+        self._minute_valid = np.zeros(m)
+        self._noise_sum = np.zeros((len(SCALES), m))
+        self._noise_n = np.zeros((len(SCALES), m))
+        # per-minute rates (NaN: no data or inside an incident), by epoch minute
+        self._minutes = np.full((m, RING_MINUTES), np.nan, np.float32)
+        self.minutes_seen = np.zeros(m, np.int64)
+        self.excess = np.full((len(SCALES), m), PRIOR_EXCESS)
+        self._noise_minutes = np.zeros(m)
+        # the natural floor: the lowest count/normal ratio at each scale, in two half-days
+        self._minute_floor = np.full((len(SCALES), m), np.inf)
+        self._floor_now = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
+        self._floor_before = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
+        self.floor = np.zeros((len(SCALES), m))
+        self.recent = np.full(m, np.nan)  # median rate of the last hour
+        self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
+        self.baseline = np.full(m, np.nan)  # the normal rate: the lower of the two
+        # alert state
+        self.firing = np.zeros(m, bool)
+        self.frozen = np.full(m, np.nan)  # normal rate when the incident fired
+        self._fire_pos = np.zeros(m, np.int64)
+        # the last second's figures, for status displays
+        self.score = np.zeros(m)
+        self.rate = np.full(m, np.nan)
+
+    # -- public -----------------------------------------------------------------
+
+    def judged(self) -> np.ndarray:
+        """Which metrics have enough history and volume to be judged (bool per metric)."""
+        return ((self.minutes_seen >= self.warmup_minutes) & np.isfinite(self.baseline)
+                & (self.baseline > self.min_rates) & (self.baseline > 0))
+
+    def update(self, counts: np.ndarray, start: int) -> list[Transition]:
+        """Feed ``counts[:, j]`` for epoch second ``start + j``; return the transitions."""
+        counts = np.asarray(counts, float)
+        if counts.ndim != 2 or counts.shape[0] != self.n:
+            raise ValueError(f"counts must have shape ({self.n}, seconds), got {counts.shape}")
+        if self.next_second is None:
+            self.next_second = start
+        if start < self.next_second:  # already seen: keep only the new part
+            counts = counts[:, self.next_second - start:]
+            start = self.next_second
+        out: list[Transition] = []
+        if start > self.next_second:  # a jump: the missing seconds are no data
+            out += self._feed(np.full((self.n, start - self.next_second), np.nan))
+        out += self._feed(counts)
+        return out
+
+    # -- internals --------------------------------------------------------------
+
+    def _feed(self, counts: np.ndarray) -> list[Transition]:
+        out: list[Transition] = []
+        assert self.next_second is not None
+        j, total = 0, counts.shape[1]
+        while j < total:
+            take = min(60 - self.next_second % 60, total - j)
+            out += self._chunk(counts[:, j:j + take])
+            j += take
+            if self.next_second % 60 == 0:
+                self._close_minute(self.next_second // 60 - 1)
+        return out
+
+    def _chunk(self, x: np.ndarray) -> list[Transition]:
+        """Seconds within one minute: store them, score them, learn from them, decide."""
+        m, n = x.shape
+        assert self.next_second is not None
+        start = self.next_second
+        valid = ~np.isnan(x)
+        xz = np.where(valid, x, 0.0)
+        last = (self._pos - 1) % HISTORY_S
+        prev_c = self._csum[:, last] if self._pos else np.zeros(m)
+        prev_v = self._cvalid[:, last] if self._pos else np.zeros(m)
+        idx = (self._pos + np.arange(n)) % HISTORY_S
+        self._csum[:, idx] = prev_c[:, None] + np.cumsum(xz, axis=1)
+        self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        pos0 = self._pos
+        self._pos += n
+        self.next_second = start + n
+        self._minute_sum += xz.sum(axis=1)
+        self._minute_valid += valid.sum(axis=1)
+
+        rows = np.arange(m)
+        score, s, nv, worst, e = self._scores(rows, pos0, n)
+        self._learn_noise(s, nv)
+        judged = self.judged()
+        out: list[Transition] = []
+        candidates = self.firing | (judged & (score.min(axis=1) <= self.thresholds))
+        for i in np.flatnonzero(candidates):
+            out += self._decide(int(i), pos0, n, start, bool(judged[i]))
+        self.score = score[:, -1]
+        k = worst[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.rate = s[k, rows, -1] / nv[k, rows, -1]
+        return out
+
+    def _window_sums(self, rows: np.ndarray, pos0: int, n: int,
+                     widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Events and seconds with data in the ``w`` seconds up to each new second, for
+        each width: two ``(widths, rows, n)`` arrays. Seconds before a metric's clear
+        position (inside its last incident) are left out of its windows."""
+        ends = pos0 + np.arange(n)
+        begins = ends[None, :] - widths[:, None]  # the position just before each window
+        begins = np.maximum(begins[:, None, :], self._clear_pos[rows][None, :, None] - 1)
+        have = begins >= 0
+        bi = np.where(have, begins, 0) % HISTORY_S
+        ei = ends % HISTORY_S
+        c, v = self._csum[rows], self._cvalid[rows]
+        r = np.arange(len(rows))[None, :, None]
+        c_beg = np.where(have, c[r, bi], 0.0)
+        v_beg = np.where(have, v[r, bi], 0.0)
+        return c[:, ei][None] - c_beg, v[:, ei][None] - v_beg
+
+    def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
+        """Score the new seconds: ``(score, S, n, worst scale, E)``, see the module doc."""
+        s, nv = self._window_sums(rows, pos0, n, np.asarray(SCALES))
+        e = self.baseline[rows][None, :, None] * nv
+        r = _nb_signed_root(s, e, self.excess[:, rows, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            depth = (1.0 - s / e) / (1.0 - self.floor[:, rows, None]) / DEPTH_MARGIN
+        r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
+        worst = np.argmin(r, axis=0)
+        score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
+        return score, s, nv, worst, e
+
+    def _learn_noise(self, s: np.ndarray, nv: np.ndarray) -> None:
+        """Learn from this chunk's seconds, against the recent normal rate (a median, so
+        as often above as below): the spread *below* it at each scale (twice the mean
+        squared shortfall, so surges teach nothing; outliers clipped at CLIP_SD), and the
+        deepest falls below it (the natural floor)."""
+        e = self.recent[None, :, None] * nv
+        learn = (e >= 5) & ~self.firing[None, :, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = e + self.excess[:, :, None] * e * e
+            short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
+            obs = (2.0 * short2 - e) / (e * e)
+            ratio = np.where(learn & (e >= FLOOR_MIN_EVENTS), s / e, np.inf)
+        self._noise_sum += np.where(learn, obs, 0.0).sum(axis=2)
+        self._noise_n += learn.sum(axis=2)
+        self._minute_floor = np.minimum(self._minute_floor, ratio.min(axis=2))
+
+    def _close_minute(self, minute: int) -> None:
+        """Minute ``minute`` (epoch minutes) ended: learn the normal rate and the noise."""
+        r = RING_MINUTES
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = self._minute_sum / self._minute_valid
+        long_incident = self.firing & (self._pos - self._fire_pos >= RELEARN_MINUTES * 60)
+        usable = (self._minute_valid >= 30) & (~self.firing | long_incident)
+        self._minutes[:, minute % r] = np.where(usable, rate, np.nan)
+        self.minutes_seen += self._minute_valid >= 30
+
+        def span(first: int, last: int) -> np.ndarray:
+            return _nanmedian(self._minutes[:, np.arange(first, last + 1) % r])
+
+        recent = span(minute - RECENT_MINUTES + 1, minute)
+        guesses = []
+        for day in range(1, PROFILE_DAYS + 1):
+            back = minute - day * DAY_MINUTES
+            then = span(back - RECENT_MINUTES + 1, back)
+            profile = span(back + 1 - PROFILE_HALF_WIDTH, back + 1 + PROFILE_HALF_WIDTH)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                guesses.append(np.where(then > 0, profile * recent / then, np.nan))
+        expected = _nanmedian(np.stack(guesses, axis=1))
+        self.recent, self.expected = recent, expected
+        self.baseline = np.where(np.isfinite(expected), np.fmin(recent, expected), recent)
+        # an incident that has lasted long is a new level: let it lower the frozen rate
+        lower = long_incident & (recent > 0)
+        self.frozen[lower] = np.fmin(self.frozen[lower], recent[lower])
+
+        # the natural floor: the FLOOR_RANK-th lowest of the per-minute lowest ratios
+        # over the last 12 to 24 hours, so one blip or one odd minute does not set it
+        lows = np.concatenate([self._floor_now, self._minute_floor[None]], axis=0)
+        self._floor_now = np.sort(lows, axis=0)[:FLOOR_RANK]
+        self._minute_floor[:] = np.inf
+        both = np.sort(np.concatenate([self._floor_now, self._floor_before], axis=0), axis=0)
+        floor = both[FLOOR_RANK - 1]
+        self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), 0.0)
+        if minute % FLOOR_HALF_DAY == 0:
+            self._floor_before, self._floor_now = self._floor_now, self._floor_before
+            self._floor_now[:] = np.inf
+
+        got = self._noise_n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            obs = self._noise_sum / self._noise_n
+        self._noise_minutes += got.any(axis=0)
+        alpha = np.maximum(1.0 / np.maximum(self._noise_minutes, 1), 1.0 / NOISE_MEMORY_MINUTES)
+        upd = np.maximum(self.excess + alpha[None, :] * (obs - self.excess), 1e-4)
+        excess = np.where(got, upd, np.nan)
+        # scales too short to learn from (fewer than 5 events expected) take the
+        # burstiness of the shortest scale that could
+        first = np.argmax(got, axis=0)
+        fill = excess[first, np.arange(self.n)]
+        short = np.arange(len(SCALES))[:, None] < first[None, :]
+        excess = np.where(short & got.any(axis=0)[None, :], fill[None, :], excess)
+        self.excess = np.where(np.isnan(excess), self.excess, excess)
+        self._minute_sum[:] = 0
+        self._minute_valid[:] = 0
+        self._noise_sum[:] = 0
+        self._noise_n[:] = 0
+
+    def _decide(self, i: int, pos0: int, n: int, start: int, judged: bool) -> list[Transition]:
+        """Walk one metric's seconds in this chunk through ok -> firing -> resolved."""
+        out: list[Transition] = []
+        rows = np.array([i])
+        j = 0
+        while j < n:
+            if not self.firing[i]:
+                if not judged:
+                    break
+                score, s, nv, worst, _ = self._scores(rows, pos0, n)
+                hits = np.flatnonzero(score[0, j:] <= self.thresholds[i])
+                if not hits.size:
+                    break
+                j += int(hits[0])
+                k = worst[0, j]
+                self.firing[i] = True
+                self.frozen[i] = self.baseline[i]
+                self._fire_pos[i] = pos0 + j
+                rate = float(s[k, 0, j] / nv[k, 0, j]) if nv[k, 0, j] else 0.0
+                out.append(Transition(i, "firing", start + j, float(score[0, j]), rate,
+                                      float(self.frozen[i])))
+            else:
+                base = float(self.frozen[i])
+                w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
+                sr, nr = self._window_sums(rows, pos0, n, np.array([w]))
+                sr, nr = sr[0, 0], nr[0, 0]
+                er = base * nr
+                scale = min(int(np.searchsorted(SCALES, w)), len(SCALES) - 1)
+                rr = _nb_signed_root(sr, er, self.excess[scale, i])
+                after = pos0 + np.arange(n) >= self._fire_pos[i] + w
+                back = after & (nr >= w / 2) & ((sr >= RESOLVE_FRACTION * er) | (rr > -1.0))
+                hits = np.flatnonzero(back[j:])
+                if not hits.size:
+                    break
+                j += int(hits[0])
+                self.firing[i] = False
+                self._clear_pos[i] = pos0 + j - w + 1
+                score, *_ = self._scores(rows, pos0, n)
+                out.append(Transition(i, "resolved", start + j, float(score[0, j]),
+                                      float(sr[j] / nr[j]), base))
+                self.frozen[i] = np.nan
+            j += 1
+        return out
+
+
+def _nanmedian(a: np.ndarray) -> np.ndarray:
+    """Row medians ignoring NaN; NaN for a row with no values (without a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=1).astype(float)
+
+
+def _nb_signed_root(s: np.ndarray, e: np.ndarray, excess: np.ndarray | float) -> np.ndarray:
+    """Signed deviance residual of count ``s`` against a negative binomial with mean ``e``
+    and variance ``e + excess * e**2`` (0 where nothing was expected or seen)."""
+    k = 1.0 / np.asarray(excess)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slog = np.where(s > 0, s * np.log(np.where(s > 0, s, 1.0) / e), 0.0)
+        d = 2.0 * (slog - (s + k) * np.log((s + k) / (e + k)))
+        r = np.sign(s - e) * np.sqrt(np.maximum(d, 0.0))
+    return np.where((e > 0) & np.isfinite(r), r, 0.0)
