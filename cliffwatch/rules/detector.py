@@ -52,7 +52,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCALES = tuple(2**i for i in range(11))  # 1 s .. 1024 s
+SCALES = tuple(2**i for i in range(10))  # 1 s .. 512 s
+REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 Z_PAGE = 5.5
 RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
 DAY_MINUTES = 1440
@@ -71,7 +72,7 @@ RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
 RESOLVE_FRACTION = 0.75
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
-HISTORY_S = max(max(SCALES), RESOLVE_MAX_S) + 64
+HISTORY_S = max(2 * max(SCALES), REF_MIN_S + max(SCALES), RESOLVE_MAX_S) + 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +194,8 @@ class Detector:
         self._minute_valid += valid.sum(axis=1)
 
         rows = np.arange(m)
-        score, s, nv, worst, e = self._scores(rows, pos0, n)
-        self._learn_noise(s, nv)
+        score, s, nv, worst, e, local = self._scores(rows, pos0, n)
+        self._learn_noise(s, nv, local)
         judged = self.judged()
         out: list[Transition] = []
         candidates = self.firing | (judged & (score.min(axis=1) <= self.thresholds))
@@ -224,23 +225,32 @@ class Detector:
         return c[:, ei][None] - c_beg, v[:, ei][None] - v_beg
 
     def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
-        """Score the new seconds: ``(score, S, n, worst scale, E)``, see the module doc."""
-        s, nv = self._window_sums(rows, pos0, n, np.asarray(SCALES))
-        e = self.baseline[rows][None, :, None] * nv
+        """Score the new seconds: ``(score, S, n, worst scale, E, local rate)``; see the
+        module docstring."""
+        widths = np.asarray(SCALES)
+        refs = np.maximum(widths, REF_MIN_S)
+        sums, nvs = self._window_sums(rows, pos0, n, np.concatenate([widths, widths + refs]))
+        k = len(widths)
+        s, nv = sums[:k], nvs[:k]
+        nref = nvs[k:] - nv
+        with np.errstate(invalid="ignore", divide="ignore"):
+            local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
+        e = np.fmin(self.baseline[rows][None, :, None], local) * nv
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = (1.0 - s / e) / (1.0 - self.floor[:, rows, None]) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
-        return score, s, nv, worst, e
+        return score, s, nv, worst, e, local
 
-    def _learn_noise(self, s: np.ndarray, nv: np.ndarray) -> None:
-        """Learn from this chunk's seconds, against the recent normal rate (a median, so
-        as often above as below): the spread *below* it at each scale (twice the mean
-        squared shortfall, so surges teach nothing; outliers clipped at CLIP_SD), and the
-        deepest falls below it (the natural floor)."""
-        e = self.recent[None, :, None] * nv
+    def _learn_noise(self, s: np.ndarray, nv: np.ndarray, local: np.ndarray) -> None:
+        """Learn from this chunk's seconds, against the local rate just before each
+        window (the recent normal where that is unknown): the spread *below* it at each
+        scale (twice the mean squared shortfall, so surges teach nothing; outliers
+        clipped at CLIP_SD), and the deepest falls below it (the natural floor)."""
+        ref = np.where(np.isfinite(local), local, self.recent[None, :, None])
+        e = ref * nv
         learn = (e >= 5) & ~self.firing[None, :, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             var = e + self.excess[:, :, None] * e * e
@@ -319,7 +329,7 @@ class Detector:
             if not self.firing[i]:
                 if not judged:
                     break
-                score, s, nv, worst, _ = self._scores(rows, pos0, n)
+                score, s, nv, worst, *_ = self._scores(rows, pos0, n)
                 hits = np.flatnonzero(score[0, j:] <= self.thresholds[i])
                 if not hits.size:
                     break
