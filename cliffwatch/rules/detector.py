@@ -139,6 +139,10 @@ class Detector:
 
     # -- public -----------------------------------------------------------------
 
+    @property
+    def _minutes_t(self) -> np.ndarray:
+        return self._minutes.T  # a view, metric last, for snapshot and restore
+
     def judged(self) -> np.ndarray:
         """Which metrics have enough history and volume to be judged (bool per metric)."""
         return ((self.minutes_seen >= self.warmup_minutes) & np.isfinite(self.baseline)
@@ -159,6 +163,42 @@ class Detector:
             out += self._feed(np.full((self.n, start - self.next_second), np.nan))
         out += self._feed(counts)
         return out
+
+    def prime(self, counts: np.ndarray, start: int) -> None:
+        """Fill the per-second history with ``counts`` (as for :meth:`update`) without
+        learning or deciding anything: used after :meth:`restore` so the windows of the
+        next seconds see the seconds before the snapshot."""
+        counts = np.asarray(counts, float)
+        self.next_second = start
+        valid = ~np.isnan(counts)
+        n = counts.shape[1]
+        last = (self._pos - 1) % HISTORY_S
+        prev_c = self._csum[:, last] if self._pos else np.zeros(self.n)
+        prev_v = self._cvalid[:, last] if self._pos else np.zeros(self.n)
+        idx = (self._pos + np.arange(n)) % HISTORY_S
+        self._csum[:, idx] = prev_c[:, None] + np.cumsum(np.where(valid, counts, 0.0), axis=1)
+        self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        self._pos += n
+        self.next_second = start + n
+
+    def snapshot(self, i: int) -> dict[str, np.ndarray]:
+        """What metric ``i`` has learnt (normal rates, noise, floor, alert state), to be
+        stored and given back to :meth:`restore` after a restart. Only valid at a whole
+        minute (right after an update that ended on one)."""
+        return {name: np.asarray(np.take(getattr(self, name), i, axis=-1))
+                for name in _LEARNT}
+
+    def restore(self, i: int, state: dict[str, np.ndarray]) -> None:
+        """Give metric ``i`` back what :meth:`snapshot` took. Unknown or misshapen parts
+        raise ``ValueError``."""
+        for name in _LEARNT:
+            target = getattr(self, name)
+            value = np.asarray(state[name])
+            if value.shape != target[..., i].shape:
+                raise ValueError(f"snapshot part {name!r} has shape {value.shape}")
+            target[..., i] = value
+        if self.firing[i]:  # windows must not reach back into the open incident
+            self._fire_pos[i] = self._pos
 
     # -- internals --------------------------------------------------------------
 
@@ -363,6 +403,11 @@ class Detector:
                 self.frozen[i] = np.nan
             j += 1
         return out
+
+
+# what a metric learns, each an attribute whose last axis is the metric
+_LEARNT = ("_minutes_t", "minutes_seen", "excess", "_noise_minutes", "_floor_now",
+           "_floor_before", "floor", "recent", "expected", "baseline", "firing", "frozen")
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
