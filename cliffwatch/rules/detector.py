@@ -148,6 +148,17 @@ class Detector:
         return ((self.minutes_seen >= self.warmup_minutes) & np.isfinite(self.baseline)
                 & (self.baseline > self.min_rates) & (self.baseline > 0))
 
+    def recent_rate(self, seconds: int = 10) -> np.ndarray:
+        """Events per second over the last ``seconds`` seconds with data (NaN if none)."""
+        if not self._pos:
+            return np.full(self.n, np.nan)
+        seconds = min(seconds, self._pos, HISTORY_S - 1)
+        end, begin = (self._pos - 1) % HISTORY_S, (self._pos - 1 - seconds) % HISTORY_S
+        c = self._csum[:, end] - (self._csum[:, begin] if self._pos > seconds else 0.0)
+        v = self._cvalid[:, end] - (self._cvalid[:, begin] if self._pos > seconds else 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(v > 0, c / v, np.nan)
+
     def update(self, counts: np.ndarray, start: int) -> list[Transition]:
         """Feed ``counts[:, j]`` for epoch second ``start + j``; return the transitions."""
         counts = np.asarray(counts, float)
