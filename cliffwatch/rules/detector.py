@@ -244,18 +244,26 @@ class Detector:
         self._minute_sum += xz.sum(axis=1)
         self._minute_valid += valid.sum(axis=1)
 
+        # score, learn and decide second by second in effect: up to the next transition
+        # everything is vectorized; after one, the rest of the chunk is scored again
         rows = np.arange(m)
-        score, s, nv, worst, e, local = self._scores(rows, pos0, n)
-        self._learn_noise(s, nv, local)
         judged = self.judged()
         out: list[Transition] = []
-        candidates = self.firing | (judged & (score.min(axis=1) <= self.thresholds))
-        for i in np.flatnonzero(candidates):
-            out += self._decide(int(i), pos0, n, start, bool(judged[i]))
+        j = 0
+        while j < n:
+            score, s, nv, worst, _, local = self._scores(rows, pos0 + j, n - j)
+            k, changes = self._next_transitions(score, s, nv, worst, pos0 + j, n - j, judged)
+            upto = n - j if k is None else k + 1
+            self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto])
+            if k is None:
+                break
+            for t in changes:
+                out.append(self._apply(t, pos0 + j + k, start + j + k))
+            j += k + 1
         self.score = score[:, -1]
-        k = worst[:, -1]
+        last_k = worst[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.rate = s[k, rows, -1] / nv[k, rows, -1]
+            self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
 
     def _window_sums(self, rows: np.ndarray, pos0: int, n: int,
@@ -371,49 +379,63 @@ class Detector:
         self._noise_sum[:] = 0
         self._noise_n[:] = 0
 
-    def _decide(self, i: int, pos0: int, n: int, start: int, judged: bool) -> list[Transition]:
-        """Walk one metric's seconds in this chunk through ok -> firing -> resolved."""
-        out: list[Transition] = []
-        rows = np.array([i])
-        j = 0
-        while j < n:
-            if not self.firing[i]:
-                if not judged:
-                    break
-                score, s, nv, worst, *_ = self._scores(rows, pos0, n)
-                hits = np.flatnonzero(score[0, j:] <= self.thresholds[i])
-                if not hits.size:
-                    break
-                j += int(hits[0])
-                k = worst[0, j]
-                self.firing[i] = True
-                self.frozen[i] = self.baseline[i]
-                self._fire_pos[i] = pos0 + j
-                rate = float(s[k, 0, j] / nv[k, 0, j]) if nv[k, 0, j] else 0.0
-                out.append(Transition(i, "firing", start + j, float(score[0, j]), rate,
-                                      float(self.frozen[i])))
+    def _next_transitions(self, score: np.ndarray, s: np.ndarray, nv: np.ndarray,
+                          worst: np.ndarray, pos0: int, n: int, judged: np.ndarray
+                          ) -> tuple[int | None, list[Transition]]:
+        """The first of these ``n`` seconds at which any metric fires or resolves, and
+        the transitions at that second (``index`` set, ``at`` still relative)."""
+        fire = ~self.firing[:, None] & judged[:, None] & (score <= self.thresholds[:, None])
+        back = np.zeros_like(fire)
+        firing = np.flatnonzero(self.firing)
+        resolve_at: dict[int, tuple[float, float]] = {}
+        for i in firing:
+            base = float(self.frozen[i])
+            w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S)) \
+                if base > 0 else RESOLVE_MIN_S
+            sr, nr = self._window_sums(np.array([i]), pos0, n, np.array([w]))
+            sr, nr = sr[0, 0], nr[0, 0]
+            er = base * nr
+            scale = min(int(np.searchsorted(SCALES, w)), len(SCALES) - 1)
+            rr = _nb_signed_root(sr, er, self.excess[scale, i])
+            after = pos0 + np.arange(n) >= self._fire_pos[i] + w
+            ok = after & (nr >= w / 2) & ((sr >= RESOLVE_FRACTION * er) | (rr > -1.0))
+            back[i] = ok
+            hit = np.flatnonzero(ok)
+            if hit.size:
+                resolve_at[int(i)] = (float(sr[hit[0]] / nr[hit[0]]), float(w))
+        any_change = fire | back
+        cols = np.flatnonzero(any_change.any(axis=0))
+        if not cols.size:
+            return None, []
+        k = int(cols[0])
+        changes = []
+        for i in np.flatnonzero(any_change[:, k]):
+            if fire[i, k]:
+                w = worst[i, k]
+                rate = float(s[w, i, k] / nv[w, i, k]) if nv[w, i, k] else 0.0
+                changes.append(Transition(int(i), "firing", k, float(score[i, k]), rate,
+                                          float(self.baseline[i])))
             else:
-                base = float(self.frozen[i])
-                w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
-                sr, nr = self._window_sums(rows, pos0, n, np.array([w]))
-                sr, nr = sr[0, 0], nr[0, 0]
-                er = base * nr
-                scale = min(int(np.searchsorted(SCALES, w)), len(SCALES) - 1)
-                rr = _nb_signed_root(sr, er, self.excess[scale, i])
-                after = pos0 + np.arange(n) >= self._fire_pos[i] + w
-                back = after & (nr >= w / 2) & ((sr >= RESOLVE_FRACTION * er) | (rr > -1.0))
-                hits = np.flatnonzero(back[j:])
-                if not hits.size:
-                    break
-                j += int(hits[0])
-                self.firing[i] = False
-                self._clear_pos[i] = pos0 + j - w + 1
-                score, *_ = self._scores(rows, pos0, n)
-                out.append(Transition(i, "resolved", start + j, float(score[0, j]),
-                                      float(sr[j] / nr[j]), base))
-                self.frozen[i] = np.nan
-            j += 1
-        return out
+                rate, _ = resolve_at[int(i)]
+                changes.append(Transition(int(i), "resolved", k, float(score[i, k]), rate,
+                                          float(self.frozen[i])))
+        return k, changes
+
+    def _apply(self, t: Transition, pos: int, at: int) -> Transition:
+        """Change metric ``t.index``'s state at position ``pos`` (epoch second ``at``)."""
+        i = t.index
+        if t.state == "firing":
+            self.firing[i] = True
+            self.frozen[i] = self.baseline[i]
+            self._fire_pos[i] = pos
+        else:
+            base = float(self.frozen[i])
+            w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S)) \
+                if base > 0 else RESOLVE_MIN_S
+            self.firing[i] = False
+            self.frozen[i] = np.nan
+            self._clear_pos[i] = pos - w + 1
+        return Transition(i, t.state, at, t.score, t.rate, t.baseline)
 
 
 # what a metric learns, each an attribute whose last axis is the metric

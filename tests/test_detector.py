@@ -1,0 +1,149 @@
+"""The detector's math on small synthetic series, without Redis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cliffwatch.rules.detector import HISTORY_S, Detector, _nb_signed_root
+
+T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
+WARMUP = 30
+
+
+def poisson(rate: float, seconds: int, seed: int = 0) -> np.ndarray:
+    """Per-second counts, bursty like real traffic (gamma-mixed per 10 s, cv 0.15)."""
+    rng = np.random.default_rng(seed)
+    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, seconds // 10 + 1), 10)[:seconds]
+    return rng.poisson(rate * burst).astype(float)
+
+
+def run(series: np.ndarray, threshold: float = -3.0, step: int | None = None) -> list:
+    det = Detector(1, threshold, warmup_minutes=WARMUP)
+    x = series[None, :]
+    if step is None:
+        return det.update(x, T0)
+    out = []
+    for j in range(0, x.shape[1], step):
+        out += det.update(x[:, j:j + step], T0 + j)
+    return out
+
+
+def history(rate: float, minutes: int = 45, seed: int = 0) -> np.ndarray:
+    return poisson(rate, minutes * 60, seed)
+
+
+def test_signed_root_of_silence_is_minus_sqrt_2e_for_poisson() -> None:
+    """With no burstiness, a silent window's residual is -sqrt(2E), as for a Poisson."""
+    r = _nb_signed_root(np.array([0.0]), np.array([8.0]), 1e-9)
+    assert r[0] == pytest.approx(-4.0, rel=1e-4)
+
+
+def test_busy_outage_pages_within_two_seconds_and_resolves_once() -> None:
+    """At 50/s an outage pages within 2 s of its first silent second and resolves once
+    the rate is back."""
+    h = history(50)
+    start = len(h)
+    series = np.concatenate([h, np.zeros(300), poisson(50, 600, seed=1)])
+    out = run(series)
+    assert [t.state for t in out] == ["firing", "resolved"]
+    assert T0 + start <= out[0].at <= T0 + start + 2
+    assert out[0].rate == 0.0 and out[0].baseline == pytest.approx(50, rel=0.25)
+    back = T0 + start + 300
+    assert back <= out[1].at <= back + 90
+
+
+def test_quiet_metric_outage_pages_within_a_few_optimal_delays() -> None:
+    """At 0.5/s the optimal delay for an outage at one false alarm a month is about
+    log(2.6e6)/0.5 = 30 s; the page comes within three times that."""
+    h = history(0.5, seed=2)
+    start = len(h)
+    series = np.concatenate([h, np.zeros(900), poisson(0.5, 900, seed=3)])
+    out = run(series)
+    assert out and out[0].state == "firing"
+    limit = math.log(30 * 86400) / 0.5
+    assert out[0].at - (T0 + start) <= 3 * limit
+    assert [t.state for t in out] == ["firing", "resolved"]
+
+
+def test_halving_pages_but_later_than_an_outage() -> None:
+    """A fall to half at 50/s pages, later than an outage would, and resolves."""
+    h = history(50, seed=4)
+    start = len(h)
+    series = np.concatenate([h, poisson(25, 900, seed=5), poisson(50, 900, seed=6)])
+    out = run(series)
+    assert [t.state for t in out] == ["firing", "resolved"]
+    assert 2 <= out[0].at - (T0 + start) <= 120
+
+
+def test_surge_that_ends_does_not_page() -> None:
+    """A 10-minute surge to 3x that ends abruptly: falling back to normal is no drop."""
+    h = history(50, seed=7)
+    series = np.concatenate([h, poisson(150, 600, seed=8), poisson(50, 1800, seed=9)])
+    assert run(series) == []
+
+
+def test_gap_in_the_data_does_not_page() -> None:
+    """Five minutes with no data at all (NaN) are not zero events."""
+    h = history(50, seed=10)
+    series = np.concatenate([h, np.full(300, np.nan), poisson(50, 900, seed=11)])
+    assert run(series) == []
+
+
+def test_short_blip_at_low_volume_does_not_page() -> None:
+    """Three silent seconds at 2/s happen by chance every few hours: no page."""
+    h = history(2, seed=12)
+    series = np.concatenate([h, np.zeros(3), poisson(2, 900, seed=13)])
+    assert run(series) == []
+
+
+def test_slow_decline_does_not_page() -> None:
+    """The rate easing to half over an hour (an evening) is not a cliff."""
+    h = history(50, seed=14)
+    rng = np.random.default_rng(15)
+    ramp = rng.poisson(np.linspace(50, 25, 3600)).astype(float)
+    assert run(np.concatenate([h, ramp])) == []
+
+
+def test_nothing_pages_while_warming_up() -> None:
+    """An outage before the metric has WARMUP minutes of data is not judged."""
+    series = np.concatenate([poisson(50, 20 * 60, seed=16), np.zeros(300)])
+    assert run(series) == []
+
+
+def test_steeper_threshold_needs_a_deeper_fall() -> None:
+    """Threshold -4 ('steeper') pages later than -3 on the same halving."""
+    h = history(50, seed=17)
+    series = np.concatenate([h, poisson(25, 900, seed=18), poisson(50, 600, seed=19)])
+    at3 = run(series, -3.0)[0].at
+    out4 = run(series, -4.0)
+    assert not out4 or out4[0].at > at3
+
+
+def test_result_does_not_depend_on_chunking() -> None:
+    """Feeding a second at a time (the worker) gives the same alerts as whole blocks
+    (backtest)."""
+    h = history(20, seed=20)
+    series = np.concatenate([h, np.zeros(120), poisson(20, 600, seed=21)])
+    block = [(t.state, t.at, round(t.score, 6)) for t in run(series)]
+    single = [(t.state, t.at, round(t.score, 6)) for t in run(series, step=1)]
+    odd = [(t.state, t.at, round(t.score, 6)) for t in run(series, step=37)]
+    assert block == single == odd and block
+
+
+def test_snapshot_restore_and_prime_continue_exactly() -> None:
+    """A detector rebuilt from snapshots plus the last seconds decides as the original."""
+    h = history(30, minutes=50, seed=22)
+    cut = len(h)
+    tail = np.concatenate([np.zeros(200), poisson(30, 600, seed=23)])
+    a = Detector(1, warmup_minutes=WARMUP)
+    a.update(h[None, :], T0)
+    b = Detector(1, warmup_minutes=WARMUP)
+    b.restore(0, a.snapshot(0))
+    b.prime(h[None, cut - HISTORY_S:], T0 + cut - HISTORY_S)
+    ta = a.update(tail[None, :], T0 + cut)
+    tb = b.update(tail[None, :], T0 + cut)
+    assert [(t.state, t.at) for t in ta] == [(t.state, t.at) for t in tb]
+    assert [t.state for t in ta] == ["firing", "resolved"]
