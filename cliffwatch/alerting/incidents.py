@@ -67,9 +67,15 @@ class Incidents:
 
     def fire(self, metric: str, at: int, severity: str, threshold: float, score: float,
              rate: float, baseline: float) -> Alert:
-        """Open an incident (written first, then delivered)."""
+        """Open an incident (written first, then delivered). What the notifiers kept of
+        an earlier incident of the metric (sent flags, message ts, dedup key) is blanked,
+        so the new one is delivered afresh."""
         incident_id = f"{metric}@{at}"
+        stale = tuple(f"{name}_" for name in self.route.notifiers)
+        earlier = {k: "" for k in self.state(metric)
+                   if k.startswith("sent:") or k.startswith(stale)}
         self.store.set_state(metric, {
+            **earlier,
             "state": "firing", "incident_id": incident_id, "started_at": at,
             "severity": severity, "threshold": threshold, "score": round(score, 3),
             "rate": round(rate, 4), "baseline": round(baseline, 4), "pending": "firing",

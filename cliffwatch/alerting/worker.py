@@ -207,6 +207,13 @@ class Worker:
         if restored:
             hist_start = base - HISTORY_S
             det.prime(self.store.read_counts(names, hist_start, base), hist_start)
+            # Catch up on the seconds since the snapshot here, not in tick(): an incident
+            # that opened after the snapshot would otherwise be judged on seconds from
+            # before it began, resolved there and paged again.
+            catch_up = max(base, end - CATCH_UP_MAX_S)
+            if end > catch_up:
+                det.update(self.store.read_counts(names, catch_up, end), catch_up)
+            self._reconcile(det, names, max(base, end))
         else:  # nothing learnt yet: learn from the history Redis still has
             replay = min(self.store.retention_s - 120, CATCH_UP_MAX_S)
             hist_start = base - max(replay, HISTORY_S)

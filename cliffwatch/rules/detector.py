@@ -46,7 +46,6 @@ one second at a time, ``backtest`` feeds whole blocks, and both get the same ale
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -444,10 +443,13 @@ _LEARNT = ("_minutes_t", "minutes_seen", "excess", "_noise_minutes", "_floor_now
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
-    """Row medians ignoring NaN; NaN for a row with no values (without a warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(a, axis=1).astype(float)
+    """Row medians ignoring NaN; NaN for a row with no values."""
+    srt = np.sort(a, axis=1)  # NaN sorts last
+    count = np.sum(~np.isnan(a), axis=1)
+    lo = np.maximum((count - 1) // 2, 0)[:, None]
+    hi = np.maximum(count // 2, 0)[:, None]
+    mid = (np.take_along_axis(srt, lo, axis=1) + np.take_along_axis(srt, hi, axis=1))[:, 0] / 2
+    return np.where(count > 0, mid, np.nan).astype(float)
 
 
 def _nb_signed_root(s: np.ndarray, e: np.ndarray, excess: np.ndarray | float) -> np.ndarray:
