@@ -293,7 +293,8 @@ class Detector:
         nref = nvs[k:] - nv
         with np.errstate(invalid="ignore", divide="ignore"):
             local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
-        e = np.fmin(self.baseline[rows][None, :, None], local) * nv
+        # no score without a rate just before the window (after a gap, after an incident)
+        e = np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0) * nv
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = (1.0 - s / e) / (1.0 - self.floor[:, rows, None]) / DEPTH_MARGIN
