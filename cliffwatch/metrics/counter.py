@@ -1,0 +1,426 @@
+"""The in-process counter: events per metric per epoch second, sent to Redis by a flusher.
+
+:meth:`Counter.add` is the hot path: it reads the clock and adds to a dict under one
+short lock, with no I/O. A background :class:`~cliffwatch.metrics.flusher.Flusher`
+wakes just after each second boundary, *closes* every second before the current one and
+writes the closed seconds to Redis in one pipelined round trip.
+
+Zero-fill: while the flusher runs, every closed second gets a field for every metric
+the counter knows (:meth:`Counter.register`), ``0`` when nothing happened. A missing
+field therefore means *no data* (this process was not watching), never *zero events*.
+The second the flusher starts in and the second it stops in are only partly watched,
+so they carry the counted events but no zeros.
+
+Every event that is not delivered is counted in :attr:`Counter.dropped` under one of
+these reasons:
+
+``invalid_name``      emitted under a name that is not a valid event name
+``too_many_metrics``  emitted under a new name beyond the ``max_metrics`` cap
+``bad_count``         a count that is not a non-negative integer
+``buffer_full``       Redis was unreachable for longer than ``max_buffered_seconds``
+``redis_refused``     Redis answered but refused the write (see ``CountsRefused``)
+``shutdown``          Redis failed during the final flush
+``closed``            added after the final flush (racing a ``shutdown()``)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable
+
+from cliffwatch.errors import ConfigError, StoreError
+from cliffwatch.metrics.flusher import Flusher
+from cliffwatch.metrics.store import CountsRefused, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_INTERVAL_S = 1.0
+DEFAULT_MAX_BUFFERED_SECONDS = 600
+
+_FIELDS_PER_ROUND_TRIP = 20_000
+"""A backlog (after Redis was away) is written in round trips of about this many fields."""
+
+
+def _emitter_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Second:
+    """A closed second waiting to be written: its counts and the metrics to zero-fill."""
+
+    __slots__ = ("counts", "fill")
+
+    def __init__(self, fill: tuple[str, ...] = ()) -> None:
+        self.counts: dict[str, int] = {}
+        self.fill = fill
+
+    def events(self) -> int:
+        return sum(self.counts.values())
+
+    def fields(self) -> dict[str, int]:
+        fields = dict.fromkeys(self.fill, 0)
+        fields.update(self.counts)
+        return fields
+
+    def merge(self, other: _Second) -> None:
+        for name, count in other.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+        if other.fill and other.fill is not self.fill:
+            self.fill = tuple(sorted(set(self.fill) | set(other.fill)))
+
+
+class Counter:
+    """Counts events per metric per second in memory; a background thread writes them.
+
+    :param store: where closed seconds are written.
+    :param clock: epoch seconds (``time.time`` by default); decides which second an
+        event belongs to and when a second is closed.
+    :param flush_interval: seconds between flushes, aligned on the clock's boundaries.
+    :param max_buffered_seconds: closed seconds kept in memory while Redis is unreachable;
+        the oldest beyond that are dropped (counted as ``buffer_full``).
+
+    Raises :class:`~cliffwatch.errors.ConfigError` for a bad argument. No method raises
+    because Redis fails: failures are logged on the ``cliffwatch`` logger and retried.
+    The counter survives ``fork()``: the child starts empty and restarts its flusher on
+    its first event.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL_S,
+        max_buffered_seconds: int = DEFAULT_MAX_BUFFERED_SECONDS,
+    ) -> None:
+        if not isinstance(store, Store):
+            raise ConfigError(f"store must be a cliffwatch Store, not {store!r}")
+        if not callable(clock):
+            raise ConfigError(f"clock must be a callable returning epoch seconds, not {clock!r}")
+        if (
+            isinstance(flush_interval, bool)
+            or not isinstance(flush_interval, int | float)
+            or not 0 < flush_interval <= 3600
+        ):
+            raise ConfigError(
+                f"flush_interval must be a number of seconds in (0, 3600], not {flush_interval!r}"
+            )
+        if (
+            isinstance(max_buffered_seconds, bool)
+            or not isinstance(max_buffered_seconds, int)
+            or max_buffered_seconds < 1
+        ):
+            raise ConfigError(
+                f"max_buffered_seconds must be an integer >= 1, not {max_buffered_seconds!r}"
+            )
+        self.store = store
+        self._clock = clock
+        self._max_buffered = max_buffered_seconds
+        self._flusher = Flusher(
+            self.flush, self._final_flush, clock=clock, interval=float(flush_interval)
+        )
+        self._known: dict[str, int] = {}  # metric -> first second it is zero-filled in
+        self._fill_cache: tuple[tuple[str, ...], int] | None = None
+        self._dropped: dict[str, int] = {}
+        self._started = False
+        self._closed = False
+        self._reset_state()
+        _live_counters.add(self)
+
+    def _reset_state(self) -> None:
+        """Empty every buffer and make new locks (at creation and in a forked child)."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        # The open second: events land in self._cur while clock() < self._next.
+        self._next = -math.inf
+        self._cur: defaultdict[str, int] = defaultdict(int)
+        self._open: dict[int, defaultdict[str, int]] = {}  # second -> counts, not closed
+        self._pending: dict[int, _Second] = {}  # closed seconds not yet written
+        self._late: defaultdict[str, int] = defaultdict(int)  # added after the final flush
+        self._fill_next: int | None = None  # next second to zero-fill; None: not filling
+        self._restart_due = False
+        self._failing = False
+        self._emitter = _emitter_id()
+
+    # -- hot path -------------------------------------------------------------------
+
+    def add(self, name: str, count: int = 1) -> None:
+        """Count ``count`` events of metric ``name`` in the current second of the clock.
+
+        O(1), no I/O: one clock read and a dict increment under a short lock. Neither
+        ``name`` nor ``count`` is checked here (the bus does that). A count that is not a
+        non-negative integer spoils that metric's second, which is dropped when closed
+        (``bad_count``).
+        """
+        now = self._clock()
+        lock = self._lock
+        lock.acquire()  # cheaper than `with` on this hot path
+        try:
+            if now < self._next:
+                self._cur[name] += count
+                return
+            self._open_second(now)
+            self._cur[name] += count
+        finally:
+            lock.release()
+        if self._restart_due:
+            self._restart_after_fork()
+
+    def _open_second(self, now: float) -> None:
+        """Point ``_cur`` at the bucket of the second ``now`` is in. Holds ``_lock``."""
+        second = math.floor(now)
+        bucket = self._open.get(second)
+        if bucket is None:
+            bucket = self._open[second] = defaultdict(int)
+            if len(self._open) > self._max_buffered:  # nothing is flushing: stay bounded
+                oldest = self._open.pop(min(s for s in self._open if s != second))
+                lost = sum(v for v in oldest.values() if isinstance(v, int))
+                self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
+        self._cur = bucket
+        self._next = second + 1
+
+    # -- registry and introspection -------------------------------------------------
+
+    def register(self, name: str) -> None:
+        """Make metric ``name`` known: from the next second on, while the flusher runs,
+        each closed second gets a field for it, ``0`` if nothing was counted."""
+        first = math.floor(self._clock()) + 1
+        with self._lock:
+            if name not in self._known:
+                self._known[name] = first
+                self._fill_cache = None
+        if self._restart_due:
+            self._restart_after_fork()
+
+    def record_drop(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` events dropped for ``reason`` (see the module docstring)."""
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Events not delivered, by reason (a copy)."""
+        with self._lock:
+            dropped = dict(self._dropped)
+            late = sum(v for v in self._late.values() if isinstance(v, int))
+        if late:
+            dropped["closed"] = dropped.get("closed", 0) + late
+        return dropped
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """The metrics this counter zero-fills, sorted."""
+        with self._lock:
+            return tuple(sorted(self._known))
+
+    @property
+    def buffered_seconds(self) -> int:
+        """Closed seconds waiting to be written (more than one while Redis is away)."""
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def emitter(self) -> str:
+        """``<host>:<pid>``, recorded in Redis with each flush."""
+        return self._emitter
+
+    @property
+    def flusher_alive(self) -> bool:
+        """Whether the background flusher thread is running."""
+        return self._flusher.alive
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start zero-filling (from the next full second) and the background flusher.
+        Does nothing if already started, or after :meth:`close`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._started = True
+            if self._fill_next is None:
+                self._fill_next = math.floor(self._clock()) + 1
+        self._flusher.start()
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Write everything counted (the current second too) and stop the flusher,
+        waiting at most ``timeout`` seconds. Return ``True`` if that finished in time.
+
+        Never raises and never keeps the process alive: the flusher is a daemon thread.
+        Events still buffered when Redis fails during this final flush are dropped
+        (``shutdown``); events added afterwards are dropped (``closed``).
+        """
+        return self._flusher.stop(timeout)
+
+    def _restart_after_fork(self) -> None:
+        with self._lock:
+            due, self._restart_due = self._restart_due, False
+        if due:
+            self.start()
+
+    def _after_fork_in_child(self) -> None:
+        self._reset_state()
+        self._dropped = {}
+        self._flusher.reset_after_fork()
+        if self._closed:
+            self._next = math.inf
+            self._cur = self._late
+        else:
+            self._restart_due = self._started
+
+    # -- closing seconds and writing them -------------------------------------------
+
+    def flush(self) -> bool:
+        """Close every second before the current one and write all closed seconds to
+        Redis. Return ``True`` if nothing is left to write, ``False`` if Redis failed (the
+        seconds stay buffered for the next flush). Never raises because of Redis.
+        Called by the flusher thread; callable directly (calls are serialized).
+        """
+        with self._flush_lock:
+            now = math.floor(self._clock())
+            with self._lock:
+                self._close_seconds(now, final=False)
+            return self._deliver(now) is None
+
+    def _final_flush(self) -> None:
+        with self._flush_lock:
+            now = math.floor(self._clock())
+            with self._lock:
+                self._close_seconds(now, final=True)
+                self._closed = True
+                self._fill_next = None
+                self._next = math.inf  # later adds land in self._late
+                self._cur = self._late
+            error = self._deliver(now, final=True)
+            if error is None:
+                return
+            with self._lock:
+                lost = sum(second.events() for second in self._pending.values())
+                self._pending.clear()
+                if lost:
+                    self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + lost
+            if lost:
+                log.warning("cliffwatch: %d events not written at shutdown: %s", lost, error)
+
+    def _fill_for(self, second: int) -> tuple[str, ...]:
+        """Metrics to zero-fill in ``second``. Holds ``_lock``."""
+        if self._fill_cache is None:
+            latest = max(self._known.values(), default=0)
+            self._fill_cache = (tuple(sorted(self._known)), latest)
+        names, latest = self._fill_cache
+        if second >= latest:
+            return names
+        return tuple(name for name in names if self._known[name] <= second)
+
+    def _close_seconds(self, now: int, *, final: bool) -> None:
+        """Move counts of seconds before ``now`` (all of them if ``final``) to the pending
+        seconds, zero-filling the seconds watched in full. Holds ``_lock``."""
+        pending = self._pending
+        if self._fill_next is not None:
+            first = max(self._fill_next, now - self._max_buffered)
+            for second in range(first, now):
+                entry = pending.get(second)
+                if entry is None:
+                    pending[second] = _Second(self._fill_for(second))
+                else:
+                    entry.merge(_Second(self._fill_for(second)))
+            self._fill_next = max(self._fill_next, now)
+        for second in [s for s in self._open if final or s < now]:
+            bucket = self._open.pop(second)
+            if bucket is self._cur:
+                self._next = -math.inf  # the next add opens a fresh bucket
+            entry = pending.get(second)
+            if entry is None:
+                entry = pending[second] = _Second()
+            for name, count in bucket.items():
+                if isinstance(count, int) and count >= 0:
+                    entry.counts[name] = entry.counts.get(name, 0) + int(count)
+                else:
+                    self._dropped["bad_count"] = self._dropped.get("bad_count", 0) + 1
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest pending seconds beyond ``max_buffered_seconds``. Holds ``_lock``."""
+        excess = len(self._pending) - self._max_buffered
+        if excess <= 0:
+            return
+        lost = 0
+        for second in sorted(self._pending)[:excess]:
+            lost += self._pending.pop(second).events()
+        if lost:
+            self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
+
+    def _take_batch(self) -> list[tuple[int, _Second]]:
+        """Remove and return the oldest pending seconds, about one round trip's worth."""
+        batch: list[tuple[int, _Second]] = []
+        fields = 0
+        with self._lock:
+            for second in sorted(self._pending):
+                if batch and fields >= _FIELDS_PER_ROUND_TRIP:
+                    break
+                entry = self._pending.pop(second)
+                batch.append((second, entry))
+                fields += len(entry.fill) + len(entry.counts)
+        return batch
+
+    def _requeue(self, batch: list[tuple[int, _Second]]) -> None:
+        with self._lock:
+            for second, entry in batch:
+                current = self._pending.get(second)
+                if current is None:
+                    self._pending[second] = entry
+                else:
+                    entry.merge(current)
+                    self._pending[second] = entry
+            self._trim()
+
+    def _deliver(self, now: int, *, final: bool = False) -> StoreError | None:
+        """Write the pending seconds, one round trip per batch; return the error that
+        stopped it (the seconds not written stay pending), if any. Holds ``_flush_lock``."""
+        while batch := self._take_batch():
+            seconds = {second: entry.fields() for second, entry in batch}
+            try:
+                self.store.write_counts(seconds, emitter=self._emitter, now=now)
+            except CountsRefused as error:
+                lost = sum(entry.events() for _, entry in batch)
+                self.record_drop("redis_refused", lost)
+                log.error("cliffwatch: %d events lost: %s", lost, error)
+            except StoreError as error:
+                self._requeue(batch)
+                if not self._failing and not final:
+                    self._failing = True
+                    log.warning(
+                        "cliffwatch: cannot write counts (%s); keeping up to %d s of counts "
+                        "in memory and retrying",
+                        error,
+                        self._max_buffered,
+                    )
+                return error
+            except Exception:
+                self._requeue(batch)
+                raise
+        if self._failing:
+            self._failing = False
+            log.info("cliffwatch: Redis is back; buffered counts delivered")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Counter {self._emitter} store={self.store!r}>"
+
+
+_live_counters: weakref.WeakSet[Counter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for counter in list(_live_counters):
+        counter._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

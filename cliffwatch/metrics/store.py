@@ -1,0 +1,346 @@
+"""Redis access shared by the app side (writing counts) and the worker (reading them).
+
+Every method talks to Redis in one pipelined round trip (``transaction=False``: no
+MULTI/EXEC, no scripts), and every Redis failure surfaces as a
+:class:`~cliffwatch.errors.StoreError` with a one-line message that names the server but
+never its password. Key names come from :mod:`cliffwatch.metrics.keys`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+
+from cliffwatch.errors import ConfigError, StoreError
+from cliffwatch.metrics.keys import DEFAULT_PREFIX, Keys
+
+DEFAULT_RETENTION_S = 7200
+"""Seconds a per-minute hash of counts lives after this process first writes it."""
+
+_MAX_COMMANDS_PER_ROUND_TRIP = 50_000
+"""Bigger requests (an hour of history for thousands of metrics) are split, to bound memory."""
+
+_SECONDS_PER_MINUTE = 60
+
+
+class CountsRefused(StoreError):
+    """Redis answered a :meth:`Store.write_counts` round trip but refused some of its
+    commands (a key of the wrong type, out of memory). The accepted commands are applied,
+    so writing the same counts again would count them twice."""
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" if user else f":***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable Redis URL>"
+
+
+def _describe(client: redis.Redis) -> str:
+    """Name the server a client talks to, without credentials."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+    except AttributeError:
+        return "Redis"
+    if "path" in kwargs:
+        return f"Redis at unix://{kwargs['path']}"
+    if "host" in kwargs:
+        return f"Redis at {kwargs['host']}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    return "Redis"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """Per-second counts, alert state and detector snapshots of metrics, in one Redis.
+
+    :param client: a ready ``redis.Redis`` (a ``fakeredis.FakeRedis`` works too); it may
+        or may not decode responses. Nothing is sent to it until a method is called.
+    :param prefix: put in front of every key (see :mod:`cliffwatch.metrics.keys`).
+    :param retention_s: seconds a per-minute hash of counts lives: its EXPIRE is set when
+        this ``Store`` first writes the key.
+
+    Methods raise :class:`~cliffwatch.errors.StoreError` when Redis cannot be reached or
+    answers with an error. A ``Store`` may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        retention_s: int = DEFAULT_RETENTION_S,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a string, not {prefix!r}")
+        if isinstance(retention_s, bool) or not isinstance(retention_s, int) or retention_s < 60:
+            raise ConfigError(f"retention_s must be an integer >= 60, not {retention_s!r}")
+        self.client = client
+        self.keys = Keys(prefix)
+        self.retention_s = retention_s
+        self._where = _describe(client)
+        self._lock = threading.Lock()
+        # What this process has already told Redis, so it is said once: minute -> metrics
+        # whose hash for that minute has its EXPIRE set, and the names added to Pmetrics.
+        self._expiring: dict[int, set[str]] = {}
+        self._announced: set[str] = set()
+        _live_stores.add(self)
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix."""
+        return self.keys.prefix
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        retention_s: int = DEFAULT_RETENTION_S,
+        **client_options: Any,
+    ) -> Store:
+        """Build a ``Store`` over a new client for ``url`` (``redis://``, ``rediss://``,
+        ``unix://``). Does not connect: a Redis that is down is only noticed by the first
+        call that needs it.
+
+        ``client_options`` go to ``redis.Redis.from_url`` (defaults: 2 s to connect, 5 s
+        per reply). Raises :class:`~cliffwatch.errors.ConfigError` naming the URL (password
+        masked) if it cannot be used.
+        """
+        if not isinstance(url, str) or not url:
+            raise ConfigError(f"Redis URL must be a non-empty string, not {url!r}")
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+        options.update(client_options)
+        try:
+            client = redis.Redis.from_url(url, **options)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(
+                f"cannot use Redis URL {mask_url(url)!r}: {_one_line(error)}"
+            ) from None
+        store = cls(client, prefix=prefix, retention_s=retention_s)
+        store._where = f"Redis at {mask_url(url)}"
+        return store
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as error:
+            raise StoreError(f"{doing} failed on {self._where}: {_one_line(error)}") from None
+
+    def ping(self) -> None:
+        """Check that Redis answers. Raises ``StoreError`` with a one-line reason if not."""
+        with self._errors("PING"):
+            self.client.ping()
+
+    def close(self) -> None:
+        """Close the client's connections. The ``Store`` reconnects if used again."""
+        self.client.close()
+
+    def write_counts(
+        self,
+        seconds: Mapping[int, Mapping[str, int]],
+        emitter: str | None = None,
+        *,
+        now: int | None = None,
+    ) -> None:
+        """Add per-second counts to Redis in one pipelined round trip.
+
+        ``seconds`` maps an epoch second to ``{metric: count}``; a count of ``0`` still
+        writes the field (zero events, as opposed to no data). Counts are added with
+        HINCRBY, so several processes can write the same second. The first time this
+        ``Store`` writes a minute's hash it sets the hash's EXPIRE and the first time it
+        writes a metric it adds the name to the ``metrics`` set. With ``emitter``
+        (``<host>:<pid>``) it records ``now`` (default: the wall clock) as that process's
+        last flush.
+
+        Raises ``StoreError`` if the round trip fails (commands that reached Redis are not
+        undone, so a retry after a dropped connection may count some events twice), and
+        :class:`CountsRefused` if Redis refused some commands.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        new_ttls: list[tuple[int, str]] = []
+        new_names: set[str] = set()
+        with self._lock:  # only reads the bookkeeping; no I/O under the lock
+            for second, counts in seconds.items():
+                minute = second - second % _SECONDS_PER_MINUTE
+                field = second - minute
+                have_ttl = self._expiring.get(minute, ())
+                for metric, count in counts.items():
+                    key = self.keys.seconds(metric, minute)
+                    pipe.hincrby(key, field, count)
+                    if metric not in have_ttl:
+                        new_ttls.append((minute, metric))
+                    if metric not in self._announced:
+                        new_names.add(metric)
+        for minute, metric in dict.fromkeys(new_ttls):
+            pipe.expire(self.keys.seconds(metric, minute), self.retention_s)
+        if new_names:
+            pipe.sadd(self.keys.metrics, *sorted(new_names))
+        if emitter is not None:
+            stamp = int(time.time()) if now is None else int(now)
+            pipe.hset(self.keys.emitters, emitter, stamp)
+        if not len(pipe):
+            return
+        with self._errors("writing counts"):
+            results = pipe.execute(raise_on_error=False)
+        refused = [result for result in results if isinstance(result, Exception)]
+        if refused:
+            raise CountsRefused(
+                f"writing counts on {self._where}: Redis refused {len(refused)} of "
+                f"{len(results)} commands, first: {_one_line(refused[0])}"
+            )
+        with self._lock:
+            self._announced |= new_names
+            for minute, metric in new_ttls:
+                self._expiring.setdefault(minute, set()).add(metric)
+            self._forget_old_minutes()
+
+    def _forget_old_minutes(self) -> None:
+        """Keep the EXPIRE bookkeeping to the last few minutes (a late write to an older
+        minute only sets its EXPIRE once more)."""
+        if len(self._expiring) > 4:
+            newest = max(self._expiring)
+            for minute in [m for m in self._expiring if m < newest - 3 * _SECONDS_PER_MINUTE]:
+                del self._expiring[minute]
+
+    def read_counts(self, metrics: Sequence[str], start: int, end: int) -> np.ndarray:
+        """Counts of ``metrics`` for epoch seconds ``start`` (included) to ``end``
+        (excluded), as float64 of shape ``(len(metrics), end - start)``: NaN where Redis has
+        no field (no data), the count otherwise (``0.0`` for zero events).
+
+        One pipelined round trip of one HMGET per metric and minute (requests of more than
+        50,000 HMGETs are split into several round trips). Raises ``ValueError`` if
+        ``end < start``, ``StoreError`` if Redis fails.
+        """
+        if end < start:
+            raise ValueError(f"read_counts: end ({end}) is before start ({start})")
+        width = end - start
+        if not metrics or not width:
+            return np.full((len(metrics), width), np.nan)
+        first_minute = start - start % _SECONDS_PER_MINUTE
+        spans: list[tuple[int, list[int]]] = []
+        for minute in range(first_minute, end, _SECONDS_PER_MINUTE):
+            low = max(start, minute) - minute
+            high = min(end, minute + _SECONDS_PER_MINUTE) - minute
+            spans.append((minute, list(range(low, high))))
+        replies: list[list[Any]] = []
+        per_chunk = max(1, _MAX_COMMANDS_PER_ROUND_TRIP // len(spans))
+        with self._errors("reading counts"):
+            for offset in range(0, len(metrics), per_chunk):
+                pipe = self.client.pipeline(transaction=False)
+                for metric in metrics[offset : offset + per_chunk]:
+                    for minute, fields in spans:
+                        pipe.hmget(self.keys.seconds(metric, minute), fields)
+                replies.extend(pipe.execute())
+        # Fields come back in (metric, second) order, so the flat list is the row-major
+        # matrix. int() parses bytes and str alike.
+        flat = itertools.chain.from_iterable(replies)
+        values = np.fromiter(
+            (np.nan if value is None else int(value) for value in flat),
+            dtype=np.float64,
+            count=len(metrics) * width,
+        )
+        return values.reshape(len(metrics), width)
+
+    def metric_names(self) -> list[str]:
+        """Every metric name any app has flushed, sorted. Raises ``StoreError``."""
+        with self._errors("reading metric names"):
+            names = self.client.smembers(self.keys.metrics)
+        return sorted(_text(name) for name in names)
+
+    def get_state(self, metric: str) -> dict[str, str]:
+        """The metric's alert state hash (empty if none). Raises ``StoreError``."""
+        with self._errors(f"reading state of {metric!r}"):
+            raw = self.client.hgetall(self.keys.state(metric))
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    def set_state(self, metric: str, mapping: Mapping[str, str | int | float]) -> None:
+        """Set fields of the metric's alert state hash (others are kept). Raises
+        ``StoreError``."""
+        if not mapping:
+            return
+        with self._errors(f"writing state of {metric!r}"):
+            fields: dict[Any, Any] = dict(mapping)
+            self.client.hset(self.keys.state(metric), mapping=fields)
+
+    def get_blob(self, metric: str) -> bytes | None:
+        """The detector snapshot stored for the metric, or ``None``. Raises ``StoreError``."""
+        with self._errors(f"reading detector snapshot of {metric!r}"):
+            data = self.client.get(self.keys.detector(metric))
+        if data is None or isinstance(data, bytes):
+            return data
+        raise StoreError(
+            f"detector snapshot of {metric!r} came back as text: build the Store over a "
+            "client with decode_responses=False"
+        )
+
+    def set_blob(self, metric: str, data: bytes) -> None:
+        """Store the detector snapshot for the metric. Raises ``StoreError``."""
+        with self._errors(f"writing detector snapshot of {metric!r}"):
+            self.client.set(self.keys.detector(metric), data)
+
+    def emitters(self) -> dict[str, int]:
+        """``<host>:<pid>`` -> epoch second of that process's last flush. Raises
+        ``StoreError``."""
+        with self._errors("reading emitters"):
+            raw = self.client.hgetall(self.keys.emitters)
+        result: dict[str, int] = {}
+        for key, value in raw.items():
+            try:
+                result[_text(key)] = int(value)
+            except ValueError:
+                continue
+        return result
+
+    def prune_emitters(self, before: int) -> int:
+        """Forget emitters whose last flush is older than epoch second ``before`` (processes
+        that are gone); return how many. Raises ``StoreError``."""
+        stale = [name for name, last in self.emitters().items() if last < before]
+        if not stale:
+            return 0
+        with self._errors("pruning emitters"):
+            return int(self.client.hdel(self.keys.emitters, *stale))
+
+    def __repr__(self) -> str:
+        return f"<Store {self._where} prefix={self.prefix!r}>"
+
+
+_live_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork() would stay held forever in the child.
+    for store in list(_live_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
