@@ -216,7 +216,8 @@ def test_signal_is_a_blinker_named_signal() -> None:
 def test_known_metrics_are_zero_filled(
     redis_client: redis.Redis, prefix: str, clock: FakeClock
 ) -> None:
-    """Names from @event, signal() and a first emit are known to the counter."""
+    """Names from @event, signal() and a first emit are known to the counter; the emit in
+    the partial second configure() ran in counts in the first full second."""
 
     @cliffwatch.event("from.decorator")
     def f() -> None:
@@ -231,7 +232,7 @@ def test_known_metrics_are_zero_filled(
     counts = counter.store.read_counts(
         ["from.decorator", "from.signal", "from.emit"], T0 + 1, T0 + 3
     )
-    assert counts.tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    assert counts.tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
 
 
 def test_cardinality_cap(store: Store, caplog: pytest.LogCaptureFixture) -> None:
@@ -316,3 +317,20 @@ def test_shutdown_without_configure_and_twice() -> None:
     """shutdown() is safe before configure() and when called twice."""
     assert cliffwatch.shutdown()
     assert cliffwatch.shutdown()
+
+
+def test_partial_first_and_last_seconds_go_to_full_seconds(
+    redis_client: redis.Redis, prefix: str, clock: FakeClock
+) -> None:
+    """Events of the second the process started in, and of the second it stopped in, are
+    written to the nearest full second, so neither reads as a drop."""
+    counter = cliffwatch.configure(store=Store(redis_client, prefix=prefix), clock=clock)
+    cliffwatch.emit("shop.partial", 3)  # T0 + 0.5: configure() ran within second T0
+    clock.advance(1.0)
+    cliffwatch.emit("shop.partial", 5)  # T0 + 1.5, the first full second
+    clock.advance(1.0)
+    cliffwatch.emit("shop.partial", 7)  # T0 + 2.5, the second the process stops in
+    assert cliffwatch.shutdown(timeout=5.0)
+    counts = counter.store.read_counts(["shop.partial"], T0, T0 + 3)
+    assert np.isnan(counts[0, 0]) and np.isnan(counts[0, 2])
+    assert counts[0, 1] == 3 + 5 + 7

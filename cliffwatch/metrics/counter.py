@@ -336,14 +336,25 @@ class Counter:
             bucket = self._open.pop(second)
             if bucket is self._cur:
                 self._next = -math.inf  # the next add opens a fresh bucket
-            entry = pending.get(second)
-            if entry is None:
-                entry = pending[second] = _Second()
             for name, count in bucket.items():
-                if isinstance(count, int) and count >= 0:
-                    entry.counts[name] = entry.counts.get(name, 0) + int(count)
-                else:
+                if not (isinstance(count, int) and count >= 0):
                     self._dropped["bad_count"] = self._dropped.get("bad_count", 0) + 1
+                    continue
+                # A partial second (the one the process started or stopped in) would read
+                # as a drop: its events go to the nearest full second instead.
+                target = second
+                first = self._known.get(name)
+                if first is not None and second < first:
+                    target = first
+                elif final and second >= now:
+                    target = second - 1
+                if target >= now and not final:
+                    self._open.setdefault(target, defaultdict(int))[name] += int(count)
+                    continue
+                entry = pending.get(target)
+                if entry is None:
+                    entry = pending[target] = _Second()
+                entry.counts[name] = entry.counts.get(name, 0) + int(count)
         self._trim()
 
     def _trim(self) -> None:
