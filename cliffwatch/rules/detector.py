@@ -51,7 +51,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCALES = tuple(2**i for i in range(10))  # 1 s .. 512 s
+SHORT_SCALES = tuple(2**i for i in range(10))  # 1 s .. 512 s, from the per-second history
+LONG_MINUTES = (17, 34)  # about 1024 s and 2048 s, from per-minute totals (quiet metrics)
+SCALES = SHORT_SCALES + tuple(60 * k for k in LONG_MINUTES)
+MINUTE_RING = 2 * max(LONG_MINUTES) + 4
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 Z_PAGE = 5.5
 RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
@@ -71,7 +74,7 @@ RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
 RESOLVE_FRACTION = 0.75
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
-HISTORY_S = max(2 * max(SCALES), REF_MIN_S + max(SCALES), RESOLVE_MAX_S) + 64
+HISTORY_S = max(2 * max(SHORT_SCALES), REF_MIN_S + max(SHORT_SCALES), RESOLVE_MAX_S) + 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,11 @@ class Detector:
         # per-minute rates (NaN: no data or inside an incident), by epoch minute
         self._minutes = np.full((m, RING_MINUTES), np.nan, np.float32)
         self.minutes_seen = np.zeros(m, np.int64)
+        # events and seconds with data of each recent minute (incidents included)
+        self._mcount = np.zeros((m, MINUTE_RING))
+        self._mvalid = np.zeros((m, MINUTE_RING))
+        self._mstart_pos = 0  # position of the first second of the current minute
+        self._minute_now = 0  # and that minute (epoch minutes)
         self.excess = np.full((len(SCALES), m), PRIOR_EXCESS)
         self._noise_minutes = np.zeros(m)
         # the natural floor: the lowest count/normal ratio at each scale, in two half-days
@@ -141,6 +149,14 @@ class Detector:
     @property
     def _minutes_t(self) -> np.ndarray:
         return self._minutes.T  # a view, metric last, for snapshot and restore
+
+    @property
+    def _mcount_t(self) -> np.ndarray:
+        return self._mcount.T
+
+    @property
+    def _mvalid_t(self) -> np.ndarray:
+        return self._mvalid.T
 
     def judged(self) -> np.ndarray:
         """Which metrics have enough history and volume to be judged (bool per metric)."""
@@ -238,6 +254,8 @@ class Detector:
         self._csum[:, idx] = prev_c[:, None] + np.cumsum(xz, axis=1)
         self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
         pos0 = self._pos
+        self._mstart_pos = pos0 - start % 60
+        self._minute_now = start // 60
         self._pos += n
         self.next_second = start + n
         self._minute_sum += xz.sum(axis=1)
@@ -285,7 +303,7 @@ class Detector:
     def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Score the new seconds: ``(score, S, n, worst scale, E, local rate)``; see the
         module docstring."""
-        widths = np.asarray(SCALES)
+        widths = np.asarray(SHORT_SCALES)
         refs = np.maximum(widths, REF_MIN_S)
         sums, nvs = self._window_sums(rows, pos0, n, np.concatenate([widths, widths + refs]))
         k = len(widths)
@@ -293,6 +311,9 @@ class Detector:
         nref = nvs[k:] - nv
         with np.errstate(invalid="ignore", divide="ignore"):
             local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
+        ls, lnv, llocal = self._long_windows(rows, pos0, n)
+        s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
+        local = np.concatenate([local, llocal])
         # no score without a rate just before the window (after a gap, after an incident)
         e = np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0) * nv
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
@@ -302,6 +323,34 @@ class Detector:
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
         return score, s, nv, worst, e, local
+
+    def _long_windows(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
+        """Like the short windows, for LONG_MINUTES: this minute so far plus the last
+        ``k`` whole minutes, against the ``k`` whole minutes before them."""
+        ms = self._mstart_pos
+        c, v = self._csum[rows], self._cvalid[rows]
+        ends = (pos0 + np.arange(n)) % HISTORY_S
+        have = ms >= 1
+        part_c = c[:, ends] - (c[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
+        part_v = v[:, ends] - (v[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
+        minute = self._minute_now
+        out_s, out_v, out_l = [], [], []
+        clear = self._clear_pos[rows]
+        for k in LONG_MINUTES:
+            idx = np.arange(minute - k, minute) % MINUTE_RING
+            ref = np.arange(minute - 2 * k, minute - k) % MINUTE_RING
+            win_c = self._mcount[rows][:, idx].sum(axis=1)
+            win_v = self._mvalid[rows][:, idx].sum(axis=1)
+            ref_c = self._mcount[rows][:, ref].sum(axis=1)
+            ref_v = self._mvalid[rows][:, ref].sum(axis=1)
+            ok = (ms - 60 * k >= clear) & (ms - 60 * k >= 0)
+            ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
+            out_s.append(np.where(ok[:, None], win_c[:, None] + part_c, 0.0))
+            out_v.append(np.where(ok[:, None], win_v[:, None] + part_v, 0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loc = np.where(ref_ok, ref_c / ref_v, np.nan)
+            out_l.append(np.repeat(loc[:, None], n, axis=1))
+        return np.stack(out_s), np.stack(out_v), np.stack(out_l)
 
     def _learn_noise(self, s: np.ndarray, nv: np.ndarray, local: np.ndarray) -> None:
         """Learn from this chunk's seconds, against the local rate just before each
@@ -328,6 +377,8 @@ class Detector:
         long_incident = self.firing & (self._pos - self._fire_pos >= RELEARN_MINUTES * 60)
         usable = (self._minute_valid >= 30) & (~self.firing | long_incident)
         self._minutes[:, minute % r] = np.where(usable, rate, np.nan)
+        self._mcount[:, minute % MINUTE_RING] = self._minute_sum
+        self._mvalid[:, minute % MINUTE_RING] = self._minute_valid
         self.minutes_seen += self._minute_valid >= 30
 
         def span(first: int, last: int) -> np.ndarray:
@@ -439,7 +490,7 @@ class Detector:
 
 
 # what a metric learns, each an attribute whose last axis is the metric
-_LEARNT = ("_minutes_t", "minutes_seen", "excess", "_noise_minutes", "_floor_now",
+_LEARNT = ("_minutes_t", "_mcount_t", "_mvalid_t", "minutes_seen", "excess", "_noise_minutes", "_floor_now",
            "_floor_before", "floor", "recent", "expected", "baseline", "firing", "frozen")
 
 
