@@ -130,9 +130,10 @@ class Detector:
         self._noise_minutes = np.zeros(m)
         # the natural floor: the lowest count/normal ratio at each scale, in two half-days
         self._minute_floor = np.full((len(SCALES), m), np.inf)
+        self._incident_floor = np.full((len(SCALES), m), np.inf)  # lowest during the incident
         self._floor_now = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
         self._floor_before = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
-        self.floor = np.zeros((len(SCALES), m))
+        self.floor = np.full((len(SCALES), m), np.nan)
         self.recent = np.full(m, np.nan)  # median rate of the last hour
         self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
         self.baseline = np.full(m, np.nan)  # the normal rate: the lower of the two
@@ -318,7 +319,8 @@ class Detector:
         e = np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0) * nv
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
-            depth = (1.0 - s / e) / (1.0 - self.floor[:, rows, None]) / DEPTH_MARGIN
+            floor = self.floor[:, rows, None]
+            depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
@@ -365,9 +367,11 @@ class Detector:
             short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
             obs = (2.0 * short2 - e) / (e * e)
             ratio = np.where(learn & (e >= FLOOR_MIN_EVENTS), s / e, np.inf)
+            during = np.where((e >= FLOOR_MIN_EVENTS) & self.firing[None, :, None], s / e, np.inf)
         self._noise_sum += np.where(learn, obs, 0.0).sum(axis=2)
         self._noise_n += learn.sum(axis=2)
         self._minute_floor = np.minimum(self._minute_floor, ratio.min(axis=2))
+        self._incident_floor = np.minimum(self._incident_floor, during.min(axis=2))
 
     def _close_minute(self, minute: int) -> None:
         """Minute ``minute`` (epoch minutes) ended: learn the normal rate and the noise."""
@@ -406,7 +410,7 @@ class Detector:
         self._minute_floor[:] = np.inf
         both = np.sort(np.concatenate([self._floor_now, self._floor_before], axis=0), axis=0)
         floor = both[FLOOR_RANK - 1]
-        self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), 0.0)
+        self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), np.nan)
         if minute % FLOOR_HALF_DAY == 0:
             self._floor_before, self._floor_now = self._floor_now, self._floor_before
             self._floor_now[:] = np.inf
@@ -486,6 +490,11 @@ class Detector:
             self.firing[i] = False
             self.frozen[i] = np.nan
             self._clear_pos[i] = pos - w + 1
+            # an incident counts once among the natural falls: one odd minute does not
+            # set the floor, three cliffs in a day are this metric's nature
+            lows = np.concatenate([self._floor_now[:, :, i], self._incident_floor[None, :, i]])
+            self._floor_now[:, :, i] = np.sort(lows, axis=0)[:FLOOR_RANK]
+            self._incident_floor[:, i] = np.inf
         return Transition(i, t.state, at, t.score, t.rate, t.baseline)
 
 
