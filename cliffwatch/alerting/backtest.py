@@ -70,10 +70,13 @@ def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tup
     with f:
         while True:
             try:
-                lines = [ln for ln in (f.readline() for _ in range(rows)) if ln]
+                read = [ln for ln in (f.readline() for _ in range(rows)) if ln]
             except (OSError, EOFError, UnicodeDecodeError) as exc:
                 raise DataError(f"{path}: cannot read after line {line_no}: {exc}") from None
-            lines = [ln for ln in lines if ln.strip()]
+            # blank lines are skipped, but messages name each row's line in the file
+            numbers = [line_no + k + 1 for k, ln in enumerate(read) if ln.strip()]
+            lines = [ln for ln in read if ln.strip()]
+            line_no += len(read)
             if not lines:
                 return
             table = np.array([ln.rstrip("\r\n").split(",") for ln in lines], dtype=object) \
@@ -81,14 +84,14 @@ def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tup
             if table is None or table.shape[1] != width + 1:
                 for k, ln in enumerate(lines):
                     if ln.count(",") != width:
-                        raise DataError(f"{path}:{line_no + k + 1}: expected {width + 1} fields, "
+                        raise DataError(f"{path}:{numbers[k]}: expected {width + 1} fields, "
                                         f"got {ln.count(',') + 1}")
             assert table is not None
             try:
                 ts = table[:, 0].astype(np.int64)
             except ValueError:
                 bad = _first_bad(table[:, 0], int)
-                raise DataError(f"{path}:{line_no + bad + 1}: timestamp must be an integer epoch "
+                raise DataError(f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
                                 f"second, got {table[bad, 0]!r}") from None
             cells = table[:, 1:]
             cells[cells == ""] = "nan"
@@ -97,21 +100,20 @@ def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tup
             except ValueError:
                 flat = _first_bad(cells.ravel(), float)
                 r, c = divmod(flat, width)
-                raise DataError(f"{path}:{line_no + r + 1}: count for {names[c]!r} must be a "
+                raise DataError(f"{path}:{numbers[r]}: count for {names[c]!r} must be a "
                                 f"number or empty, got {cells[r, c]!r}") from None
             wrong = ~np.isnan(vals) & ~((vals >= 0) & (vals < np.inf))
             if wrong.any():
                 r, c = (int(v) for v in np.argwhere(wrong)[0])
-                raise DataError(f"{path}:{line_no + r + 1}: count for {names[c]!r} must be "
+                raise DataError(f"{path}:{numbers[r]}: count for {names[c]!r} must be "
                                 f"a number >= 0 or empty, got {cells[r, c]!r}")
             step = np.diff(ts)
             if expect is not None and ts[0] != expect or (step != 1).any():
                 k = 0 if expect is not None and ts[0] != expect else int(np.flatnonzero(step != 1)[0]) + 1
-                raise DataError(f"{path}:{line_no + k + 1}: rows must be consecutive seconds, "
+                raise DataError(f"{path}:{numbers[k]}: rows must be consecutive seconds, "
                                 f"got {ts[k]} after {ts[k - 1] if k else expect - 1}")
             expect = int(ts[-1]) + 1
             yield int(ts[0]), vals.T.copy()
-            line_no += len(lines)
 
 
 def _first_bad(values: np.ndarray, kind: type) -> int:

@@ -207,18 +207,17 @@ class Worker:
         if restored:
             hist_start = base - HISTORY_S
             det.prime(self.store.read_counts(names, hist_start, base), hist_start)
-            # Catch up on the seconds since the snapshot here, not in tick(): an incident
-            # that opened after the snapshot would otherwise be judged on seconds from
-            # before it began, resolved there and paged again.
-            catch_up = max(base, end - CATCH_UP_MAX_S)
-            if end > catch_up:
-                det.update(self.store.read_counts(names, catch_up, end), catch_up)
-            self._reconcile(det, names, max(base, end))
         else:  # nothing learnt yet: learn from the history Redis still has
             replay = min(self.store.retention_s - 120, CATCH_UP_MAX_S)
             hist_start = base - max(replay, HISTORY_S)
             det.update(self.store.read_counts(names, hist_start, base), hist_start)
-            self._reconcile(det, names, base)
+        # Catch up to ``end`` here, not in tick(), and only then compare with the open
+        # incidents: judged as of ``base`` (the snapshot, or the last whole minute), an
+        # incident that opened since would be resolved, and then paged again.
+        catch_up = max(base, end - CATCH_UP_MAX_S)
+        if end > catch_up:
+            det.update(self.store.read_counts(names, catch_up, end), catch_up)
+        self._reconcile(det, names, max(base, end))
         self.metrics, self.rule_of, self.detector = names, [r for r in rules if r], det
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
 
