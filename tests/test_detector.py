@@ -27,7 +27,7 @@ def run(series: np.ndarray, threshold: float = -3.0, step: int | None = None) ->
         return det.update(x, T0)
     out = []
     for j in range(0, x.shape[1], step):
-        out += det.update(x[:, j:j + step], T0 + j)
+        out += det.update(x[:, j : j + step], T0 + j)
     return out
 
 
@@ -142,7 +142,7 @@ def test_snapshot_restore_and_prime_continue_exactly() -> None:
     a.update(h[None, :], T0)
     b = Detector(1, warmup_minutes=WARMUP)
     b.restore(0, a.snapshot(0))
-    b.prime(h[None, cut - HISTORY_S:], T0 + cut - HISTORY_S)
+    b.prime(h[None, cut - HISTORY_S :], T0 + cut - HISTORY_S)
     ta = a.update(tail[None, :], T0 + cut)
     tb = b.update(tail[None, :], T0 + cut)
     assert [(t.state, t.at) for t in ta] == [(t.state, t.at) for t in tb]

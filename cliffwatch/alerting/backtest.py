@@ -17,9 +17,9 @@ from typing import IO
 import numpy as np
 
 from ..errors import DataError
+from ..metrics.bus import validate_name
 from ..rules.config import RuleSet
 from ..rules.detector import Detector
-from ..metrics.bus import validate_name
 
 BLOCK_ROWS = 86_400
 
@@ -33,7 +33,9 @@ def _open(path: Path) -> IO[str]:
         raise DataError(f"{path}: cannot open: {exc.strerror or exc}") from None
 
 
-def read_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> tuple[list[str], Iterator[tuple[int, np.ndarray]]]:
+def read_blocks(
+    path: str | Path, rows: int = BLOCK_ROWS
+) -> tuple[list[str], Iterator[tuple[int, np.ndarray]]]:
     """The metric names of a counts file, and its blocks as ``(first second, counts)``
     with counts shaped ``(metrics, seconds)`` and ``NaN`` for no data.
 
@@ -49,7 +51,9 @@ def read_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> tuple[list[str], It
     cols = header.strip().split(",")
     if len(cols) < 2 or cols[0].strip() != "timestamp":
         f.close()
-        raise DataError(f"{path}:1: header must be 'timestamp,<metric>,...', got {header.strip()[:80]!r}")
+        raise DataError(
+            f"{path}:1: header must be 'timestamp,<metric>,...', got {header.strip()[:80]!r}"
+        )
     names = [c.strip() for c in cols[1:]]
     for name in names:
         try:
@@ -63,7 +67,9 @@ def read_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> tuple[list[str], It
     return names, _blocks(path, f, names, rows)
 
 
-def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tuple[int, np.ndarray]]:
+def _blocks(
+    path: Path, f: IO[str], names: list[str], rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
     width = len(names)
     line_no = 1
     expect: int | None = None
@@ -79,20 +85,27 @@ def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tup
             line_no += len(read)
             if not lines:
                 return
-            table = np.array([ln.rstrip("\r\n").split(",") for ln in lines], dtype=object) \
-                if len({ln.count(",") for ln in lines}) == 1 else None
+            table = (
+                np.array([ln.rstrip("\r\n").split(",") for ln in lines], dtype=object)
+                if len({ln.count(",") for ln in lines}) == 1
+                else None
+            )
             if table is None or table.shape[1] != width + 1:
                 for k, ln in enumerate(lines):
                     if ln.count(",") != width:
-                        raise DataError(f"{path}:{numbers[k]}: expected {width + 1} fields, "
-                                        f"got {ln.count(',') + 1}")
+                        raise DataError(
+                            f"{path}:{numbers[k]}: expected {width + 1} fields, "
+                            f"got {ln.count(',') + 1}"
+                        )
             assert table is not None
             try:
                 ts = table[:, 0].astype(np.int64)
             except ValueError:
                 bad = _first_bad(table[:, 0], int)
-                raise DataError(f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
-                                f"second, got {table[bad, 0]!r}") from None
+                raise DataError(
+                    f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
+                    f"second, got {table[bad, 0]!r}"
+                ) from None
             cells = table[:, 1:]
             cells[cells == ""] = "nan"
             try:
@@ -100,18 +113,28 @@ def _blocks(path: Path, f: IO[str], names: list[str], rows: int) -> Iterator[tup
             except ValueError:
                 flat = _first_bad(cells.ravel(), float)
                 r, c = divmod(flat, width)
-                raise DataError(f"{path}:{numbers[r]}: count for {names[c]!r} must be a "
-                                f"number or empty, got {cells[r, c]!r}") from None
+                raise DataError(
+                    f"{path}:{numbers[r]}: count for {names[c]!r} must be a "
+                    f"number or empty, got {cells[r, c]!r}"
+                ) from None
             wrong = ~np.isnan(vals) & ~((vals >= 0) & (vals < np.inf))
             if wrong.any():
                 r, c = (int(v) for v in np.argwhere(wrong)[0])
-                raise DataError(f"{path}:{numbers[r]}: count for {names[c]!r} must be "
-                                f"a number >= 0 or empty, got {cells[r, c]!r}")
+                raise DataError(
+                    f"{path}:{numbers[r]}: count for {names[c]!r} must be "
+                    f"a number >= 0 or empty, got {cells[r, c]!r}"
+                )
             step = np.diff(ts)
             if expect is not None and ts[0] != expect or (step != 1).any():
-                k = 0 if expect is not None and ts[0] != expect else int(np.flatnonzero(step != 1)[0]) + 1
-                raise DataError(f"{path}:{numbers[k]}: rows must be consecutive seconds, "
-                                f"got {ts[k]} after {ts[k - 1] if k else expect - 1}")
+                k = (
+                    0
+                    if expect is not None and ts[0] != expect
+                    else int(np.flatnonzero(step != 1)[0]) + 1
+                )
+                raise DataError(
+                    f"{path}:{numbers[k]}: rows must be consecutive seconds, "
+                    f"got {ts[k]} after {ts[k - 1] if k else expect - 1}"
+                )
             expect = int(ts[-1]) + 1
             yield int(ts[0]), vals.T.copy()
 
@@ -134,10 +157,18 @@ def backtest(path: str | Path, rules: RuleSet) -> Iterator[dict[str, object]]:
     names, blocks = read_blocks(path)
     picked = [(k, name, rule) for k, name in enumerate(names) if (rule := rules.match(name))]
     cols = np.array([k for k, _, _ in picked], dtype=np.intp)
-    det = Detector(len(picked), [r.threshold for _, _, r in picked], [r.min_rate for _, _, r in picked])
+    det = Detector(
+        len(picked), [r.threshold for _, _, r in picked], [r.min_rate for _, _, r in picked]
+    )
     for start, counts in blocks:
         for t in det.update(counts[cols], start):
             _, name, rule = picked[t.index]
-            yield {"metric": name, "state": t.state, "at": t.at, "severity": rule.severity,
-                   "score": round(t.score, 3), "rate": round(t.rate, 4),
-                   "baseline": round(t.baseline, 4)}
+            yield {
+                "metric": name,
+                "state": t.state,
+                "at": t.at,
+                "severity": rule.severity,
+                "score": round(t.score, 3),
+                "rate": round(t.rate, 4),
+                "baseline": round(t.baseline, 4),
+            }

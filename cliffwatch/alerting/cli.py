@@ -25,11 +25,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 redis_url_option = click.option(
-    "--redis-url", envvar="CLIFFWATCH_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
-    show_envvar=True, help="Redis the apps flush their counts to.")
+    "--redis-url",
+    envvar="CLIFFWATCH_REDIS_URL",
+    default=DEFAULT_REDIS_URL,
+    show_default=True,
+    show_envvar=True,
+    help="Redis the apps flush their counts to.",
+)
 prefix_option = click.option(
-    "--prefix", envvar="CLIFFWATCH_PREFIX", default="cliffwatch:", show_default=True,
-    show_envvar=True, help="Prefix of every cliffwatch key in Redis.")
+    "--prefix",
+    envvar="CLIFFWATCH_PREFIX",
+    default="cliffwatch:",
+    show_default=True,
+    show_envvar=True,
+    help="Prefix of every cliffwatch key in Redis.",
+)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -38,11 +48,13 @@ def _one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CliffwatchError as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else
-                                       type(exc).__name__) from None
+            raise click.ClickException(
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ) from None
         except BrokenPipeError:  # `cliffwatch backtest ... | head`
             sys.stderr.close()
             sys.exit(0)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -56,13 +68,24 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.option("--rules", "rules_path", required=True, type=click.Path(dir_okay=False),
-              envvar="CLIFFWATCH_RULES", show_envvar=True, help="The rules file (TOML).")
+@click.option(
+    "--rules",
+    "rules_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    envvar="CLIFFWATCH_RULES",
+    show_envvar=True,
+    help="The rules file (TOML).",
+)
 @redis_url_option
 @prefix_option
-@click.option("--warmup", type=click.IntRange(min=1), default=WARMUP_MINUTES, show_default=True,
-              help="Minutes of data a metric needs before it is judged (a day learns its "
-                   "daily cycle).")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=1),
+    default=WARMUP_MINUTES,
+    show_default=True,
+    help="Minutes of data a metric needs before it is judged (a day learns its daily cycle).",
+)
 @_one_line_errors
 def worker(rules_path: str, redis_url: str, prefix: str, warmup: int) -> None:
     """Run the detector worker until SIGTERM or SIGINT.
@@ -76,15 +99,20 @@ def worker(rules_path: str, redis_url: str, prefix: str, warmup: int) -> None:
         click.echo(f"warning: {warning}", err=True)
     store = Store.from_url(redis_url, prefix=prefix)
     w = Worker(store, rules, warmup_minutes=warmup)
-    click.echo(f"cliffwatch worker: {len(rules.rules)} rules, Redis at {mask_url(redis_url)}",
-               err=True)
+    click.echo(
+        f"cliffwatch worker: {len(rules.rules)} rules, Redis at {mask_url(redis_url)}", err=True
+    )
     w.run()
 
 
 @main.command()
-@click.option("--rules", "rules_path", type=click.Path(dir_okay=False),
-              help="Rules file; without it every column is a critical metric under the "
-                   "default rule (page at score -3).")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False),
+    help="Rules file; without it every column is a critical metric under the "
+    "default rule (page at score -3).",
+)
 @click.argument("counts", type=click.Path(dir_okay=False))
 @_one_line_errors
 def backtest(rules_path: str | None, counts: str) -> None:
@@ -119,10 +147,20 @@ def rules_check(path: str) -> None:
 
 
 @main.command()
-@click.option("--speed", type=click.FloatRange(min=0.1, max=100.0), default=1.0,
-              show_default=True, help="Simulated seconds per real second.")
-@click.option("--seconds", type=click.IntRange(min=60), default=90, show_default=True,
-              help="Length of the live part of the demo, in simulated seconds.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.1, max=100.0),
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per real second.",
+)
+@click.option(
+    "--seconds",
+    type=click.IntRange(min=60),
+    default=90,
+    show_default=True,
+    help="Length of the live part of the demo, in simulated seconds.",
+)
 @_one_line_errors
 def demo(speed: float, seconds: int) -> None:
     """A simulated shop, instrumented with @event, watched live: an outage pages within
@@ -148,10 +186,16 @@ def status(redis_url: str, prefix: str, as_json: bool) -> None:
     rows = []
     for name in store.metric_names():
         st = store.get_state(name)
-        rows.append({"metric": name, "status": st.get("status", "not watched"),
-                     "rate": st.get("now_rate", ""), "baseline": st.get("now_baseline", ""),
-                     "score": st.get("now_score", ""), "incident": st.get("incident_id", "")
-                     if st.get("state") == "firing" else ""})
+        rows.append(
+            {
+                "metric": name,
+                "status": st.get("status", "not watched"),
+                "rate": st.get("now_rate", ""),
+                "baseline": st.get("now_baseline", ""),
+                "score": st.get("now_score", ""),
+                "incident": st.get("incident_id", "") if st.get("state") == "firing" else "",
+            }
+        )
     if as_json:
         click.echo(json.dumps({"metrics": rows}))
         return
@@ -161,5 +205,7 @@ def status(redis_url: str, prefix: str, as_json: bool) -> None:
     width = max(len(r["metric"]) for r in rows)
     click.echo(f"{'metric':<{width}}  {'status':<11} {'rate/s':>9} {'normal/s':>9} {'score':>7}")
     for r in rows:
-        click.echo(f"{r['metric']:<{width}}  {r['status']:<11} {r['rate']:>9} "
-                   f"{r['baseline']:>9} {r['score']:>7}")
+        click.echo(
+            f"{r['metric']:<{width}}  {r['status']:<11} {r['rate']:>9} "
+            f"{r['baseline']:>9} {r['score']:>7}"
+        )

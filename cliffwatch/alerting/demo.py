@@ -13,6 +13,7 @@ normal rate comes from the last hour only, without a daily cycle.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -74,18 +75,18 @@ def _store() -> tuple[Store, str]:
 
 
 def _rules_text() -> str:
-    text = "[defaults]\nseverity = \"page\"\n\n"
+    text = '[defaults]\nseverity = "page"\n\n'
     for metric in RATES:
-        text += f"[[rule]]\nmetric = \"{metric}\"\n\n"
+        text += f'[[rule]]\nmetric = "{metric}"\n\n'
     if os.environ.get("CLIFFWATCH_SLACK_WEBHOOK_URL") or os.environ.get("CLIFFWATCH_SLACK_TOKEN"):
         channel = os.environ.get("CLIFFWATCH_SLACK_CHANNEL", "#cliffwatch-demo")
-        text += f"[slack]\nchannel = \"{channel}\"\n"
+        text += f'[slack]\nchannel = "{channel}"\n'
         if os.environ.get("CLIFFWATCH_SLACK_BASE_URL"):
-            text += f"base_url = \"{os.environ['CLIFFWATCH_SLACK_BASE_URL']}\"\n"
+            text += f'base_url = "{os.environ["CLIFFWATCH_SLACK_BASE_URL"]}"\n'
     if os.environ.get("CLIFFWATCH_PAGERDUTY_ROUTING_KEY"):
-        text += "\n[pagerduty]\nsource = \"cliffwatch-demo\"\n"
+        text += '\n[pagerduty]\nsource = "cliffwatch-demo"\n'
         if os.environ.get("CLIFFWATCH_PAGERDUTY_URL"):
-            text += f"url = \"{os.environ['CLIFFWATCH_PAGERDUTY_URL']}\"\n"
+            text += f'url = "{os.environ["CLIFFWATCH_PAGERDUTY_URL"]}"\n'
     return text
 
 
@@ -100,15 +101,15 @@ def _prefill(store: Store, end: int, rng: np.random.Generator) -> None:
     store.write_counts(seconds)
 
 
-def _traffic(fn: Callable[[], object], rate: float, stop: threading.Event,
-             speed: float, seed: int) -> None:
+def _traffic(
+    fn: Callable[[], object], rate: float, stop: threading.Event, speed: float, seed: int
+) -> None:
     rnd = random.Random(seed)
     while not stop.is_set():
         stop.wait(rnd.expovariate(rate) / speed)
-        try:
+        # when the provider is down the shop shows the customer an error: no event
+        with contextlib.suppress(PaymentProviderDown):
             fn()
-        except PaymentProviderDown:
-            pass  # the shop shows the customer an error; no event is emitted
 
 
 def run_demo(speed: float = 1.0, seconds: int = 90) -> int:
@@ -126,22 +127,31 @@ def run_demo(speed: float = 1.0, seconds: int = 90) -> int:
     _prefill(store, int(sim0), np.random.default_rng(1))
     time.sleep(max(0.0, real0 - time.time()))
     cliffwatch.configure(store=store, clock=clock, flush_interval=1.0 / speed)
-    worker = Worker(store, rules, clock=clock, warmup_minutes=WARMUP_MINUTES,
-                    on_alert=alerts.append)
+    worker = Worker(
+        store, rules, clock=clock, warmup_minutes=WARMUP_MINUTES, on_alert=alerts.append
+    )
     shop = Shop()
     stop = threading.Event()
-    jobs = {"orders.created": shop.place_order, "payments.captured": shop.capture_payment,
-            "users.registered": shop.register_user}
-    threads = [threading.Thread(target=_traffic, args=(jobs[m], r, stop, speed, k),
-                                name=f"shop-{m}", daemon=True)
-               for k, (m, r) in enumerate(RATES.items())]
+    jobs = {
+        "orders.created": shop.place_order,
+        "payments.captured": shop.capture_payment,
+        "users.registered": shop.register_user,
+    }
+    threads = [
+        threading.Thread(
+            target=_traffic, args=(jobs[m], r, stop, speed, k), name=f"shop-{m}", daemon=True
+        )
+        for k, (m, r) in enumerate(RATES.items())
+    ]
     click.secho("cliffwatch demo", bold=True)
     click.echo(f"  a simulated shop emitting {', '.join(RATES)} through @event,")
     click.echo(f"  counted in-process and flushed every second to the {where};")
-    click.echo(f"  {HISTORY_MINUTES} min of history pre-filled; the real worker judges "
-               "each closed second.")
-    click.echo(f"  At {OUTAGE[1]} s the payment provider goes down; at {OUTAGE[2]} s it "
-               "comes back.\n")
+    click.echo(
+        f"  {HISTORY_MINUTES} min of history pre-filled; the real worker judges each closed second."
+    )
+    click.echo(
+        f"  At {OUTAGE[1]} s the payment provider goes down; at {OUTAGE[2]} s it comes back.\n"
+    )
     worker.start(clock())
     for t in threads:
         t.start()
@@ -167,14 +177,17 @@ def run_demo(speed: float = 1.0, seconds: int = 90) -> int:
             click.echo(f"[{elapsed:5.0f}s] " + " | ".join(parts) + note)
             for a in alerts[shown:]:
                 color = "red" if a.state == "firing" else "green"
-                click.secho(f"  >>> {a.state.upper()} {a.severity}: {a.metric} at "
-                            f"{a.rate:.1f}/s against {a.baseline:.1f}/s normal "
-                            f"(score {a.score:.1f}, threshold {a.threshold:g}), "
-                            f"{a.at - sim0 - OUTAGE[1]:+.0f} s after the outage began"
-                            if a.state == "firing" else
-                            f"  >>> RESOLVED: {a.metric} back at {a.rate:.1f}/s "
-                            f"({a.at - sim0 - OUTAGE[2]:+.0f} s after recovery)",
-                            fg=color, bold=True)
+                click.secho(
+                    f"  >>> {a.state.upper()} {a.severity}: {a.metric} at "
+                    f"{a.rate:.1f}/s against {a.baseline:.1f}/s normal "
+                    f"(score {a.score:.1f}, threshold {a.threshold:g}), "
+                    f"{a.at - sim0 - OUTAGE[1]:+.0f} s after the outage began"
+                    if a.state == "firing"
+                    else f"  >>> RESOLVED: {a.metric} back at {a.rate:.1f}/s "
+                    f"({a.at - sim0 - OUTAGE[2]:+.0f} s after recovery)",
+                    fg=color,
+                    bold=True,
+                )
                 if a.state == "firing":
                     fired_at = a.at
                 else:
@@ -188,9 +201,12 @@ def run_demo(speed: float = 1.0, seconds: int = 90) -> int:
     ok = [(a.metric, a.state) for a in alerts] == expected
     click.echo()
     if ok and fired_at is not None and resolved_at is not None:
-        click.secho(f"One page {fired_at - sim0 - OUTAGE[1]:.0f} s after the outage began, "
-                    f"one resolve {resolved_at - sim0 - OUTAGE[2]:.0f} s after recovery; "
-                    "nothing else paged.", bold=True)
+        click.secho(
+            f"One page {fired_at - sim0 - OUTAGE[1]:.0f} s after the outage began, "
+            f"one resolve {resolved_at - sim0 - OUTAGE[2]:.0f} s after recovery; "
+            "nothing else paged.",
+            bold=True,
+        )
     else:
         click.secho("The outage did not page and resolve as expected.", fg="red", bold=True)
     return 0 if ok else 1

@@ -35,12 +35,16 @@ class Route:
     to Slack only."""
 
     notifiers: Mapping[str, Notifier]
-    by_severity: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {
-        "page": ("pagerduty", "slack"), "notify": ("slack",)})
+    by_severity: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"page": ("pagerduty", "slack"), "notify": ("slack",)}
+    )
 
     def targets(self, severity: str) -> list[tuple[str, Notifier]]:
-        return [(name, self.notifiers[name]) for name in self.by_severity.get(severity, ())
-                if name in self.notifiers]
+        return [
+            (name, self.notifiers[name])
+            for name in self.by_severity.get(severity, ())
+            if name in self.notifiers
+        ]
 
 
 class Incidents:
@@ -52,9 +56,13 @@ class Incidents:
         print it.
     """
 
-    def __init__(self, store: Store, route: Route,
-                 on_alert: Callable[[Alert], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        route: Route,
+        on_alert: Callable[[Alert], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.route = route
         self.on_alert = on_alert
@@ -65,23 +73,43 @@ class Incidents:
         """The metric's state hash (``{}`` when it never fired)."""
         return self.store.get_state(metric)
 
-    def fire(self, metric: str, at: int, severity: str, threshold: float, score: float,
-             rate: float, baseline: float) -> Alert:
+    def fire(
+        self,
+        metric: str,
+        at: int,
+        severity: str,
+        threshold: float,
+        score: float,
+        rate: float,
+        baseline: float,
+    ) -> Alert:
         """Open an incident (written first, then delivered). What the notifiers kept of
         an earlier incident of the metric (sent flags, message ts, dedup key) is blanked,
         so the new one is delivered afresh."""
         incident_id = f"{metric}@{at}"
         stale = tuple(f"{name}_" for name in self.route.notifiers)
-        earlier = {k: "" for k in self.state(metric)
-                   if k.startswith("sent:") or k.startswith(stale)}
-        self.store.set_state(metric, {
-            **earlier,
-            "state": "firing", "incident_id": incident_id, "started_at": at,
-            "severity": severity, "threshold": threshold, "score": round(score, 3),
-            "rate": round(rate, 4), "baseline": round(baseline, 4), "pending": "firing",
-            "resolved_at": ""})
-        alert = Alert(metric, "firing", at, severity, score, rate, baseline, incident_id, at,
-                      threshold)
+        earlier = {
+            k: "" for k in self.state(metric) if k.startswith("sent:") or k.startswith(stale)
+        }
+        self.store.set_state(
+            metric,
+            {
+                **earlier,
+                "state": "firing",
+                "incident_id": incident_id,
+                "started_at": at,
+                "severity": severity,
+                "threshold": threshold,
+                "score": round(score, 3),
+                "rate": round(rate, 4),
+                "baseline": round(baseline, 4),
+                "pending": "firing",
+                "resolved_at": "",
+            },
+        )
+        alert = Alert(
+            metric, "firing", at, severity, score, rate, baseline, incident_id, at, threshold
+        )
         self._announce(alert)
         self.deliver(metric)
         return alert
@@ -92,11 +120,21 @@ class Incidents:
         if st.get("state") != "firing":
             return None
         pending = [p for p in st.get("pending", "").split(",") if p] + ["resolved"]
-        self.store.set_state(metric, {"state": "ok", "resolved_at": at,
-                                      "pending": ",".join(pending)})
-        alert = Alert(metric, "resolved", at, st.get("severity", "page"), score, rate,
-                      float(st.get("baseline", "nan")), st.get("incident_id", ""),
-                      int(st.get("started_at", at)), float(st.get("threshold", "-3")))
+        self.store.set_state(
+            metric, {"state": "ok", "resolved_at": at, "pending": ",".join(pending)}
+        )
+        alert = Alert(
+            metric,
+            "resolved",
+            at,
+            st.get("severity", "page"),
+            score,
+            rate,
+            float(st.get("baseline", "nan")),
+            st.get("incident_id", ""),
+            int(st.get("started_at", at)),
+            float(st.get("threshold", "-3")),
+        )
         self._announce(alert)
         self.deliver(metric)
         return alert
@@ -150,13 +188,27 @@ class Incidents:
     def _alert_from(self, metric: str, st: Mapping[str, str], state: str) -> Alert:
         started = int(st.get("started_at") or 0)
         at = int(st.get("resolved_at") or started) if state == "resolved" else started
-        return Alert(metric, "firing" if state == "firing" else "resolved", at,
-                     st.get("severity", "page"), float(st.get("score", "nan")),
-                     float(st.get("rate", "nan")), float(st.get("baseline", "nan")),
-                     st.get("incident_id", ""), started, float(st.get("threshold", "-3")))
+        return Alert(
+            metric,
+            "firing" if state == "firing" else "resolved",
+            at,
+            st.get("severity", "page"),
+            float(st.get("score", "nan")),
+            float(st.get("rate", "nan")),
+            float(st.get("baseline", "nan")),
+            st.get("incident_id", ""),
+            started,
+            float(st.get("threshold", "-3")),
+        )
 
     def _announce(self, alert: Alert) -> None:
-        log.warning("%s %s: score %.2f, %.3g/s against %.3g/s normal", alert.metric,
-                    alert.state, alert.score, alert.rate, alert.baseline)
+        log.warning(
+            "%s %s: score %.2f, %.3g/s against %.3g/s normal",
+            alert.metric,
+            alert.state,
+            alert.score,
+            alert.rate,
+            alert.baseline,
+        )
         if self.on_alert is not None:
             self.on_alert(alert)

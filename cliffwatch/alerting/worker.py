@@ -49,14 +49,16 @@ def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
     out: dict[str, Notifier] = {}
     slack = rules.slack
     if slack is not None and slack.token and slack.channel:
-        out["slack"] = SlackNotifier(token=slack.token, channel=slack.channel,
-                                     base_url=slack.base_url)
+        out["slack"] = SlackNotifier(
+            token=slack.token, channel=slack.channel, base_url=slack.base_url
+        )
     elif slack is not None and slack.webhook_url:
         out["slack"] = SlackNotifier(webhook_url=slack.webhook_url)
     pd = rules.pagerduty
     if pd is not None and pd.routing_key:
-        out["pagerduty"] = PagerDutyNotifier(routing_key=pd.routing_key, url=pd.url,
-                                             source=pd.source)
+        out["pagerduty"] = PagerDutyNotifier(
+            routing_key=pd.routing_key, url=pd.url, source=pd.source
+        )
     return out
 
 
@@ -70,12 +72,17 @@ class Worker:
     :param on_alert: called with every alert as it is decided.
     """
 
-    def __init__(self, store: Store, rules: RuleSet, *,
-                 notifiers: dict[str, Notifier] | None = None,
-                 clock: Callable[[], float] = time.time,
-                 watermark: float = WATERMARK_S,
-                 warmup_minutes: int = WARMUP_MINUTES,
-                 on_alert: Callable[[Alert], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rules: RuleSet,
+        *,
+        notifiers: dict[str, Notifier] | None = None,
+        clock: Callable[[], float] = time.time,
+        watermark: float = WATERMARK_S,
+        warmup_minutes: int = WARMUP_MINUTES,
+        on_alert: Callable[[Alert], None] | None = None,
+    ) -> None:
         if watermark < 0 or not math.isfinite(watermark):
             raise ConfigError(f"watermark must be a number of seconds >= 0, not {watermark!r}")
         self.store = store
@@ -84,8 +91,11 @@ class Worker:
         self.watermark = watermark
         self.warmup_minutes = warmup_minutes
         self.incidents = Incidents(
-            store, Route(build_notifiers(rules) if notifiers is None else notifiers),
-            on_alert=on_alert, clock=clock)
+            store,
+            Route(build_notifiers(rules) if notifiers is None else notifiers),
+            on_alert=on_alert,
+            clock=clock,
+        )
         self.metrics: list[str] = []
         self.rule_of: list[Rule] = []
         self.detector = Detector(0, warmup_minutes=warmup_minutes)
@@ -187,8 +197,12 @@ class Worker:
         names = list(names)
         old = {m: i for i, m in enumerate(self.metrics)}
         rules = [self.rules.match(m) for m in names]
-        det = Detector(len(names), [r.threshold if r else -3.0 for r in rules],
-                       [r.min_rate if r else 0.0 for r in rules], self.warmup_minutes)
+        det = Detector(
+            len(names),
+            [r.threshold if r else -3.0 for r in rules],
+            [r.min_rate if r else 0.0 for r in rules],
+            self.warmup_minutes,
+        )
         # everything starts at a whole minute, HISTORY_S before the snapshot or now
         snaps = {m: self._load_snapshot(m) for m in names if m not in old}
         at = [int(s["at"]) for s in snaps.values() if s is not None]
@@ -230,8 +244,15 @@ class Worker:
             if rule is None:
                 continue
             if det.firing[i] and st.get("state") != "firing":
-                self.incidents.fire(m, at, rule.severity, rule.threshold, float(det.score[i]),
-                                    float(det.rate[i]), float(det.frozen[i]))
+                self.incidents.fire(
+                    m,
+                    at,
+                    rule.severity,
+                    rule.threshold,
+                    float(det.score[i]),
+                    float(det.rate[i]),
+                    float(det.frozen[i]),
+                )
             elif not det.firing[i] and st.get("state") == "firing":
                 self.incidents.resolve(m, at, float(det.score[i]), float(det.rate[i]))
 
@@ -274,10 +295,17 @@ class Worker:
                 phase = "warming up"
             else:
                 phase = "too quiet"
-            self.store.set_state(m, {
-                "status": phase, "status_at": at, "now_score": round(float(det.score[i]), 3),
-                "now_rate": _num(det.rate[i]), "now_baseline": _num(det.baseline[i]),
-                "minutes_seen": int(det.minutes_seen[i])})
+            self.store.set_state(
+                m,
+                {
+                    "status": phase,
+                    "status_at": at,
+                    "now_score": round(float(det.score[i]), 3),
+                    "now_rate": _num(det.rate[i]),
+                    "now_baseline": _num(det.baseline[i]),
+                    "minutes_seen": int(det.minutes_seen[i]),
+                },
+            )
 
     def _apply(self, transitions: list[Transition]) -> list[Alert]:
         out: list[Alert] = []
@@ -285,8 +313,11 @@ class Worker:
             metric = self.metrics[t.index]
             rule = self.rule_of[t.index]
             if t.state == "firing":
-                out.append(self.incidents.fire(metric, t.at, rule.severity, rule.threshold,
-                                               t.score, t.rate, t.baseline))
+                out.append(
+                    self.incidents.fire(
+                        metric, t.at, rule.severity, rule.threshold, t.score, t.rate, t.baseline
+                    )
+                )
             else:
                 alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
                 if alert is not None:

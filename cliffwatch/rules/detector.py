@@ -98,9 +98,13 @@ class Detector:
     seconds skipped over count as no data, seconds already seen are ignored.
     """
 
-    def __init__(self, n_metrics: int, thresholds: Sequence[float] | float = -3.0,
-                 min_rates: Sequence[float] | float = 0.0,
-                 warmup_minutes: int = WARMUP_MINUTES) -> None:
+    def __init__(
+        self,
+        n_metrics: int,
+        thresholds: Sequence[float] | float = -3.0,
+        min_rates: Sequence[float] | float = 0.0,
+        warmup_minutes: int = WARMUP_MINUTES,
+    ) -> None:
         m = n_metrics
         self.n = m
         self.thresholds = np.broadcast_to(np.asarray(thresholds, float), (m,)).copy()
@@ -161,8 +165,12 @@ class Detector:
 
     def judged(self) -> np.ndarray:
         """Which metrics have enough history and volume to be judged (bool per metric)."""
-        return ((self.minutes_seen >= self.warmup_minutes) & np.isfinite(self.baseline)
-                & (self.baseline > self.min_rates) & (self.baseline > 0))
+        return (
+            (self.minutes_seen >= self.warmup_minutes)
+            & np.isfinite(self.baseline)
+            & (self.baseline > self.min_rates)
+            & (self.baseline > 0)
+        )
 
     def recent_rate(self, seconds: int = 10) -> np.ndarray:
         """Events per second over the last ``seconds`` seconds with data (NaN if none)."""
@@ -183,7 +191,7 @@ class Detector:
         if self.next_second is None:
             self.next_second = start
         if start < self.next_second:  # already seen: keep only the new part
-            counts = counts[:, self.next_second - start:]
+            counts = counts[:, self.next_second - start :]
             start = self.next_second
         out: list[Transition] = []
         if start > self.next_second:  # a jump: the missing seconds are no data
@@ -212,8 +220,7 @@ class Detector:
         """What metric ``i`` has learnt (normal rates, noise, floor, alert state), to be
         stored and given back to :meth:`restore` after a restart. Only valid at a whole
         minute (right after an update that ended on one)."""
-        return {name: np.asarray(np.take(getattr(self, name), i, axis=-1))
-                for name in _LEARNT}
+        return {name: np.asarray(np.take(getattr(self, name), i, axis=-1)) for name in _LEARNT}
 
     def restore(self, i: int, state: dict[str, np.ndarray]) -> None:
         """Give metric ``i`` back what :meth:`snapshot` took. Unknown or misshapen parts
@@ -235,7 +242,7 @@ class Detector:
         j, total = 0, counts.shape[1]
         while j < total:
             take = min(60 - self.next_second % 60, total - j)
-            out += self._chunk(counts[:, j:j + take])
+            out += self._chunk(counts[:, j : j + take])
             j += take
             if self.next_second % 60 == 0:
                 self._close_minute(self.next_second // 60 - 1)
@@ -284,8 +291,9 @@ class Detector:
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
 
-    def _window_sums(self, rows: np.ndarray, pos0: int, n: int,
-                     widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _window_sums(
+        self, rows: np.ndarray, pos0: int, n: int, widths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Events and seconds with data in the ``w`` seconds up to each new second, for
         each width: two ``(widths, rows, n)`` arrays. Seconds before a metric's clear
         position (inside its last incident) are left out of its windows."""
@@ -316,7 +324,10 @@ class Detector:
         s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
         local = np.concatenate([local, llocal])
         # no score without a rate just before the window (after a gap, after an incident)
-        e = np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0) * nv
+        e = (
+            np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0)
+            * nv
+        )
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             floor = self.floor[:, rows, None]
@@ -434,9 +445,16 @@ class Detector:
         self._noise_sum[:] = 0
         self._noise_n[:] = 0
 
-    def _next_transitions(self, score: np.ndarray, s: np.ndarray, nv: np.ndarray,
-                          worst: np.ndarray, pos0: int, n: int, judged: np.ndarray
-                          ) -> tuple[int | None, list[Transition]]:
+    def _next_transitions(
+        self,
+        score: np.ndarray,
+        s: np.ndarray,
+        nv: np.ndarray,
+        worst: np.ndarray,
+        pos0: int,
+        n: int,
+        judged: np.ndarray,
+    ) -> tuple[int | None, list[Transition]]:
         """The first of these ``n`` seconds at which any metric fires or resolves, and
         the transitions at that second (``index`` set, ``at`` still relative)."""
         fire = ~self.firing[:, None] & judged[:, None] & (score <= self.thresholds[:, None])
@@ -445,8 +463,11 @@ class Detector:
         resolve_at: dict[int, tuple[float, float]] = {}
         for i in firing:
             base = float(self.frozen[i])
-            w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S)) \
-                if base > 0 else RESOLVE_MIN_S
+            w = (
+                int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
+                if base > 0
+                else RESOLVE_MIN_S
+            )
             sr, nr = self._window_sums(np.array([i]), pos0, n, np.array([w]))
             sr, nr = sr[0, 0], nr[0, 0]
             er = base * nr
@@ -468,12 +489,18 @@ class Detector:
             if fire[i, k]:
                 w = worst[i, k]
                 rate = float(s[w, i, k] / nv[w, i, k]) if nv[w, i, k] else 0.0
-                changes.append(Transition(int(i), "firing", k, float(score[i, k]), rate,
-                                          float(self.baseline[i])))
+                changes.append(
+                    Transition(
+                        int(i), "firing", k, float(score[i, k]), rate, float(self.baseline[i])
+                    )
+                )
             else:
                 rate, _ = resolve_at[int(i)]
-                changes.append(Transition(int(i), "resolved", k, float(score[i, k]), rate,
-                                          float(self.frozen[i])))
+                changes.append(
+                    Transition(
+                        int(i), "resolved", k, float(score[i, k]), rate, float(self.frozen[i])
+                    )
+                )
         return k, changes
 
     def _apply(self, t: Transition, pos: int, at: int) -> Transition:
@@ -485,8 +512,11 @@ class Detector:
             self._fire_pos[i] = pos
         else:
             base = float(self.frozen[i])
-            w = int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S)) \
-                if base > 0 else RESOLVE_MIN_S
+            w = (
+                int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
+                if base > 0
+                else RESOLVE_MIN_S
+            )
             self.firing[i] = False
             self.frozen[i] = np.nan
             self._clear_pos[i] = pos - w + 1
@@ -499,8 +529,22 @@ class Detector:
 
 
 # what a metric learns, each an attribute whose last axis is the metric
-_LEARNT = ("_minutes_t", "_mcount_t", "_mvalid_t", "minutes_seen", "excess", "_noise_minutes", "_floor_now",
-           "_floor_before", "floor", "recent", "expected", "baseline", "firing", "frozen")
+_LEARNT = (
+    "_minutes_t",
+    "_mcount_t",
+    "_mvalid_t",
+    "minutes_seen",
+    "excess",
+    "_noise_minutes",
+    "_floor_now",
+    "_floor_before",
+    "floor",
+    "recent",
+    "expected",
+    "baseline",
+    "firing",
+    "frozen",
+)
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
