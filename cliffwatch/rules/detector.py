@@ -63,7 +63,8 @@ PROFILE_DAYS = 3  # the daily cycle: the same time of day on each of the last 3 
 PROFILE_HALF_WIDTH = 5  # a day's rate at a minute: median of the 11 minutes around it
 RING_MINUTES = PROFILE_DAYS * DAY_MINUTES + RECENT_MINUTES + PROFILE_HALF_WIDTH + 2
 FLOOR_MIN_EVENTS = 20.0  # natural falls are learnt where a window expects this many events
-FLOOR_HALF_DAY = 720  # the natural floor remembers the last 12 to 24 hours
+FLOOR_HALF_DAY = 720
+FLOOR_HALF_DAYS = 6  # the natural floor remembers the last 2.5 to 3 days, in half-days
 FLOOR_RANK = 3  # ... and is its third-lowest minute
 DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
 WARMUP_MINUTES = DAY_MINUTES
@@ -136,7 +137,7 @@ class Detector:
         self._minute_floor = np.full((len(SCALES), m), np.inf)
         self._incident_floor = np.full((len(SCALES), m), np.inf)  # lowest during the incident
         self._floor_now = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
-        self._floor_before = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
+        self._floor_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, len(SCALES), m), np.inf)
         self.floor = np.full((len(SCALES), m), np.nan)
         self.recent = np.full(m, np.nan)  # median rate of the last hour
         self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
@@ -276,10 +277,10 @@ class Detector:
         out: list[Transition] = []
         j = 0
         while j < n:
-            score, s, nv, worst, _, local = self._scores(rows, pos0 + j, n - j)
+            score, s, nv, worst, e, local = self._scores(rows, pos0 + j, n - j)
             k, changes = self._next_transitions(score, s, nv, worst, pos0 + j, n - j, judged)
             upto = n - j if k is None else k + 1
-            self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto])
+            self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto], e[..., :upto])
             if k is None:
                 break
             for t in changes:
@@ -365,11 +366,14 @@ class Detector:
             out_l.append(np.repeat(loc[:, None], n, axis=1))
         return np.stack(out_s), np.stack(out_v), np.stack(out_l)
 
-    def _learn_noise(self, s: np.ndarray, nv: np.ndarray, local: np.ndarray) -> None:
-        """Learn from this chunk's seconds, against the local rate just before each
-        window (the recent normal where that is unknown): the spread *below* it at each
-        scale (twice the mean squared shortfall, so surges teach nothing; outliers
-        clipped at CLIP_SD), and the deepest falls below it (the natural floor)."""
+    def _learn_noise(
+        self, s: np.ndarray, nv: np.ndarray, local: np.ndarray, expect: np.ndarray
+    ) -> None:
+        """Learn from this chunk's seconds: the spread *below* the local rate just before
+        each window (the recent normal where that is unknown) at each scale (twice the
+        mean squared shortfall, so surges teach nothing; outliers clipped at CLIP_SD),
+        and the deepest falls below what the score expects (the natural floor; so the
+        end of a surge, scored against the normal level, teaches it nothing)."""
         ref = np.where(np.isfinite(local), local, self.recent[None, :, None])
         e = ref * nv
         learn = (e >= 5) & ~self.firing[None, :, None]
@@ -377,8 +381,9 @@ class Detector:
             var = e + self.excess[:, :, None] * e * e
             short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
             obs = (2.0 * short2 - e) / (e * e)
-            ratio = np.where(learn & (e >= FLOOR_MIN_EVENTS), s / e, np.inf)
-            during = np.where((e >= FLOOR_MIN_EVENTS) & self.firing[None, :, None], s / e, np.inf)
+            big = expect >= FLOOR_MIN_EVENTS
+            ratio = np.where(big & ~self.firing[None, :, None], s / expect, np.inf)
+            during = np.where(big & self.firing[None, :, None], s / expect, np.inf)
         self._noise_sum += np.where(learn, obs, 0.0).sum(axis=2)
         self._noise_n += learn.sum(axis=2)
         self._minute_floor = np.minimum(self._minute_floor, ratio.min(axis=2))
@@ -419,12 +424,13 @@ class Detector:
         lows = np.concatenate([self._floor_now, self._minute_floor[None]], axis=0)
         self._floor_now = np.sort(lows, axis=0)[:FLOOR_RANK]
         self._minute_floor[:] = np.inf
-        both = np.sort(np.concatenate([self._floor_now, self._floor_before], axis=0), axis=0)
+        older = self._floor_before.reshape(-1, len(SCALES), self.n)
+        both = np.sort(np.concatenate([self._floor_now, older], axis=0), axis=0)
         floor = both[FLOOR_RANK - 1]
         self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), np.nan)
         if minute % FLOOR_HALF_DAY == 0:
-            self._floor_before, self._floor_now = self._floor_now, self._floor_before
-            self._floor_now[:] = np.inf
+            self._floor_before = np.concatenate([self._floor_now[None], self._floor_before[:-1]])
+            self._floor_now = np.full_like(self._floor_now, np.inf)
 
         got = self._noise_n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
