@@ -468,12 +468,7 @@ class Detector:
         firing = np.flatnonzero(self.firing)
         resolve_at: dict[int, tuple[float, float]] = {}
         for i in firing:
-            base = float(self.frozen[i])
-            w = (
-                int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
-                if base > 0
-                else RESOLVE_MIN_S
-            )
+            base, w = self._resolve_level(i)
             sr, nr = self._window_sums(np.array([i]), pos0, n, np.array([w]))
             sr, nr = sr[0, 0], nr[0, 0]
             er = base * nr
@@ -509,6 +504,17 @@ class Detector:
                 )
         return k, changes
 
+    def _resolve_level(self, i: int) -> tuple[float, int]:
+        """The rate metric ``i`` must get back to (the normal rate when it fired, or the
+        daily cycle's rate now if that is lower: an incident over the evening's decline
+        resolves at the evening's level), and the window judging it (30 events' worth)."""
+        base = float(np.fmin(self.frozen[i], self.expected[i]))
+        if not base > 0:
+            base = float(self.frozen[i])
+        if not base > 0:
+            return base, RESOLVE_MIN_S
+        return base, int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
+
     def _apply(self, t: Transition, pos: int, at: int) -> Transition:
         """Change metric ``t.index``'s state at position ``pos`` (epoch second ``at``)."""
         i = t.index
@@ -517,12 +523,7 @@ class Detector:
             self.frozen[i] = self.baseline[i]
             self._fire_pos[i] = pos
         else:
-            base = float(self.frozen[i])
-            w = (
-                int(np.clip(math.ceil(RESOLVE_EVENTS / base), RESOLVE_MIN_S, RESOLVE_MAX_S))
-                if base > 0
-                else RESOLVE_MIN_S
-            )
+            _, w = self._resolve_level(i)
             self.firing[i] = False
             self.frozen[i] = np.nan
             self._clear_pos[i] = pos - w + 1
