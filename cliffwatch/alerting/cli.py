@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -178,34 +179,116 @@ def demo(speed: float, seconds: int) -> None:
 @redis_url_option
 @prefix_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
+@click.option(
+    "--watch", is_flag=True, help="Refresh every second until Ctrl-C (with --json: a line each)."
+)
 @_one_line_errors
-def status(redis_url: str, prefix: str, as_json: bool) -> None:
-    """Show every watched metric: state, rate now, normal rate, score."""
+def status(redis_url: str, prefix: str, as_json: bool, watch: bool) -> None:
+    """Show every metric Redis knows: state, rate now, normal rate, score, the last 10
+    minutes, open incident; and the apps flushing and the active silences."""
+    from .status import collect, render
+    from .status import watch as watch_loop
+
     store = Store.from_url(redis_url, prefix=prefix)
     store.ping()
-    rows = []
-    for name in store.metric_names():
-        st = store.get_state(name)
-        rows.append(
-            {
-                "metric": name,
-                "status": st.get("status", "not watched"),
-                "rate": st.get("now_rate", ""),
-                "baseline": st.get("now_baseline", ""),
-                "score": st.get("now_score", ""),
-                "incident": st.get("incident_id", "") if st.get("state") == "firing" else "",
-            }
-        )
+    source = f"Redis at {mask_url(redis_url)} prefix {prefix!r}"
+
+    def draw() -> str:
+        overview = collect(store)
+        if as_json:
+            return json.dumps(overview.to_json(), ensure_ascii=False)
+        return render(overview, source)
+
+    if not watch:
+        click.echo(draw())
+        return
+
+    def draw_or_error() -> str:
+        try:
+            return draw()
+        except CliffwatchError as exc:  # Redis away for a moment: say so, keep watching
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return json.dumps({"error": line}) if as_json else f"error: {line}"
+
+    try:
+        watch_loop(draw_or_error, sys.stdout, clear="" if as_json else "\x1b[H\x1b[2J")
+    except KeyboardInterrupt:
+        click.echo("")
+
+
+@main.group()
+def silence() -> None:
+    """Maintenance windows: incidents that start inside one are recorded, not paged."""
+
+
+@silence.command("add")
+@click.argument("metric")
+@click.option(
+    "--for",
+    "duration",
+    required=True,
+    metavar="DURATION",
+    help="How long, from now: 30m, 2h, 1d, 1h30m (at most 30d).",
+)
+@click.option("--reason", required=True, help="Why, for whoever reads `silence list`.")
+@redis_url_option
+@prefix_option
+@_one_line_errors
+def silence_add(metric: str, duration: str, reason: str, redis_url: str, prefix: str) -> None:
+    """Silence METRIC (a name, or a glob like 'payments.*') from now on, for a while."""
+    from .silences import Silences, check_pattern, iso, parse_duration
+
+    seconds = parse_duration(duration)
+    check_pattern(metric)
+    if not reason.strip():
+        raise click.ClickException("--reason must say why (it is shown in `silence list`)")
+    who = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    s = Silences(Store.from_url(redis_url, prefix=prefix)).add(metric, seconds, reason, who)
+    click.echo(f"{s.id}  {s.pattern} silenced until {iso(s.ends_at)}")
+
+
+@silence.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
+@redis_url_option
+@prefix_option
+@_one_line_errors
+def silence_list(as_json: bool, redis_url: str, prefix: str) -> None:
+    """List the active silences, soonest end first."""
+    import time
+
+    from .silences import Silences, human_duration, iso
+
+    now = int(time.time())
+    silences = Silences(Store.from_url(redis_url, prefix=prefix), clock=lambda: now).current()
     if as_json:
-        click.echo(json.dumps({"metrics": rows}))
+        rows = [
+            {**s.to_json(), "ends_at_iso": iso(s.ends_at), "remaining_s": s.ends_at - now}
+            for s in silences
+        ]
+        click.echo(json.dumps({"silences": rows}, ensure_ascii=False))
         return
-    if not rows:
-        click.echo("no metrics yet: no app has flushed to this Redis")
+    if not silences:
+        click.echo("no active silences")
         return
-    width = max(len(r["metric"]) for r in rows)
-    click.echo(f"{'metric':<{width}}  {'status':<11} {'rate/s':>9} {'normal/s':>9} {'score':>7}")
-    for r in rows:
+    width = max(6, *(len(s.pattern) for s in silences))
+    click.echo(
+        f"{'id':<8}  {'metric':<{width}}  {'until (UTC)':<20}  {'left':>6}  {'who':<10}  reason"
+    )
+    for s in silences:
         click.echo(
-            f"{r['metric']:<{width}}  {r['status']:<11} {r['rate']:>9} "
-            f"{r['baseline']:>9} {r['score']:>7}"
+            f"{s.id:<8}  {s.pattern:<{width}}  {iso(s.ends_at):<20}  "
+            f"{human_duration(s.ends_at - now):>6}  {s.created_by:<10}  {s.reason}"
         )
+
+
+@silence.command("remove")
+@click.argument("silence_id", metavar="ID")
+@redis_url_option
+@prefix_option
+@_one_line_errors
+def silence_remove(silence_id: str, redis_url: str, prefix: str) -> None:
+    """End the silence ID now (ids are in `cliffwatch silence list`)."""
+    from .silences import Silences
+
+    Silences(Store.from_url(redis_url, prefix=prefix)).remove(silence_id)
+    click.echo(f"{silence_id} removed")

@@ -8,8 +8,13 @@ cut short by a crash) is retried on later ticks until it goes through.
 State hash fields: ``state`` (``ok`` / ``firing``), ``incident_id``, ``started_at``,
 ``severity``, ``threshold``, ``score``, ``rate``, ``baseline``, ``resolved_at``,
 ``pending`` (transitions not yet delivered everywhere, e.g. ``firing,resolved``),
-``sent:<notifier>:<state>`` = ``1``, and the notifiers' own memo (e.g. the Slack
+``sent:<notifier>:<state>`` = ``1``, ``silenced`` (``1`` when the incident started
+inside a silence) and ``silence_id``, and the notifiers' own memo (e.g. the Slack
 message's ``ts``, so the resolve updates the same message).
+
+An incident that starts inside a silence (see :mod:`cliffwatch.alerting.silences`) is
+recorded but delivered nowhere, and its resolve is not delivered either, even when the
+silence has ended by then: nothing is paged retroactively.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..errors import CliffwatchError
 from ..metrics.store import Store
 from .alert import Alert
 from .notifiers import Notifier
+from .silences import Silence, Silences
 
 log = logging.getLogger("cliffwatch.alerting")
 
@@ -53,7 +59,8 @@ class Incidents:
     :param store: where the state hashes live.
     :param route: which notifiers get which severity.
     :param on_alert: called with every alert as it is decided (before delivery), e.g. to
-        print it.
+        print it; silenced alerts too.
+    :param silences: checked when an incident opens; ``None``: nothing is silenced.
     """
 
     def __init__(
@@ -62,11 +69,13 @@ class Incidents:
         route: Route,
         on_alert: Callable[[Alert], None] | None = None,
         clock: Callable[[], float] = time.time,
+        silences: Silences | None = None,
     ) -> None:
         self.store = store
         self.route = route
         self.on_alert = on_alert
         self.clock = clock
+        self.silences = silences
         self._retry_at: dict[str, tuple[float, float]] = {}  # metric -> (when, backoff)
 
     def state(self, metric: str) -> dict[str, str]:
@@ -85,8 +94,11 @@ class Incidents:
     ) -> Alert:
         """Open an incident (written first, then delivered). What the notifiers kept of
         an earlier incident of the metric (sent flags, message ts, dedup key) is blanked,
-        so the new one is delivered afresh."""
+        so the new one is delivered afresh. An incident starting inside a silence is
+        written with ``silenced=1`` and not delivered (if the silences cannot be read, it
+        is delivered: better a page too many than a missed one)."""
         incident_id = f"{metric}@{at}"
+        silence = self._silence(metric, at)
         stale = tuple(f"{name}_" for name in self.route.notifiers)
         earlier = {
             k: "" for k in self.state(metric) if k.startswith("sent:") or k.startswith(stale)
@@ -103,15 +115,18 @@ class Incidents:
                 "score": round(score, 3),
                 "rate": round(rate, 4),
                 "baseline": round(baseline, 4),
-                "pending": "firing",
+                "pending": "" if silence else "firing",
                 "resolved_at": "",
+                "silenced": 1 if silence else "",
+                "silence_id": silence.id if silence else "",
             },
         )
         alert = Alert(
             metric, "firing", at, severity, score, rate, baseline, incident_id, at, threshold
         )
-        self._announce(alert)
-        self.deliver(metric)
+        self._announce(alert, silence.id if silence else "")
+        if silence is None:
+            self.deliver(metric)
         return alert
 
     def resolve(self, metric: str, at: int, score: float, rate: float) -> Alert | None:
@@ -119,7 +134,10 @@ class Incidents:
         st = self.state(metric)
         if st.get("state") != "firing":
             return None
-        pending = [p for p in st.get("pending", "").split(",") if p] + ["resolved"]
+        silenced = st.get("silenced") == "1"
+        pending = [p for p in st.get("pending", "").split(",") if p]
+        if not silenced:
+            pending.append("resolved")
         self.store.set_state(
             metric, {"state": "ok", "resolved_at": at, "pending": ",".join(pending)}
         )
@@ -135,8 +153,9 @@ class Incidents:
             int(st.get("started_at", at)),
             float(st.get("threshold", "-3")),
         )
-        self._announce(alert)
-        self.deliver(metric)
+        self._announce(alert, st.get("silence_id", "?") if silenced else "")
+        if not silenced:
+            self.deliver(metric)
         return alert
 
     def retry_pending(self, metrics: list[str]) -> None:
@@ -201,14 +220,24 @@ class Incidents:
             float(st.get("threshold", "-3")),
         )
 
-    def _announce(self, alert: Alert) -> None:
+    def _silence(self, metric: str, at: int) -> Silence | None:
+        if self.silences is None:
+            return None
+        try:
+            return self.silences.covering(metric, at)
+        except CliffwatchError as exc:
+            log.warning("could not read silences, delivering %s: %s", metric, exc)
+            return None
+
+    def _announce(self, alert: Alert, silence_id: str = "") -> None:
         log.warning(
-            "%s %s: score %.2f, %.3g/s against %.3g/s normal",
+            "%s %s: score %.2f, %.3g/s against %.3g/s normal%s",
             alert.metric,
             alert.state,
             alert.score,
             alert.rate,
             alert.baseline,
+            f" (silenced by {silence_id}: not delivered)" if silence_id else "",
         )
         if self.on_alert is not None:
             self.on_alert(alert)

@@ -11,6 +11,9 @@ in Redis every few minutes), refills the detector's per-second history from Redi
 catches up on the seconds since; open incidents stay open and are not paged again.
 Without a snapshot a metric learns from whatever history Redis still has and is
 *warming up* (not judged) until it has seen ``warmup_minutes`` of data.
+
+An incident that opens inside a silence (``cliffwatch silence add``) is recorded but not
+delivered; see :mod:`cliffwatch.alerting.silences`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
 from .alert import Alert
 from .incidents import Incidents, Route
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
+from .silences import Silences
 
 log = logging.getLogger("cliffwatch.worker")
 
@@ -95,6 +99,7 @@ class Worker:
             Route(build_notifiers(rules) if notifiers is None else notifiers),
             on_alert=on_alert,
             clock=clock,
+            silences=Silences(store, clock=clock),
         )
         self.metrics: list[str] = []
         self.rule_of: list[Rule] = []

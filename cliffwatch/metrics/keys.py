@@ -2,7 +2,8 @@
 
 All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts them in
 one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
-no script touches more than one metric's keys.
+no script touches more than one metric's keys. The few keys shared by all metrics
+(``Pmetrics``, ``Pemitters``, ``Psilences``) are each one key, read and written on its own.
 
 ==============================  ======  ================================================
 key                             type    holds
@@ -16,6 +17,9 @@ key                             type    holds
 ``P{m}:detector``               string  the detector's learnt state for the metric
 ``Pmetrics``                    set     every metric name any app has flushed
 ``Pemitters``                   hash    ``<host>:<pid>`` -> epoch second of its last flush
+``Psilences``                   hash    silence id -> JSON of one silence (metric glob,
+                                        start, end, reason, who); expired ones are
+                                        deleted by whoever reads them next
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -55,3 +59,8 @@ class Keys:
     def emitters(self) -> str:
         """Hash of ``<host>:<pid>`` -> epoch second of that process's last flush."""
         return f"{self.prefix}emitters"
+
+    @property
+    def silences(self) -> str:
+        """Hash of silence id -> JSON of that silence (see :mod:`cliffwatch.alerting.silences`)."""
+        return f"{self.prefix}silences"

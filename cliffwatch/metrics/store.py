@@ -330,6 +330,38 @@ class Store:
         with self._errors("pruning emitters"):
             return int(self.client.hdel(self.keys.emitters, *stale))
 
+    def get_states(self, metrics: Sequence[str]) -> list[dict[str, str]]:
+        """The alert state hashes of ``metrics`` (``{}`` for none), in one pipelined round
+        trip. Raises ``StoreError``."""
+        if not metrics:
+            return []
+        with self._errors("reading states"):
+            pipe = self.client.pipeline(transaction=False)
+            for metric in metrics:
+                pipe.hgetall(self.keys.state(metric))
+            replies = pipe.execute()
+        return [{_text(k): _text(v) for k, v in raw.items()} for raw in replies]
+
+    def silences(self) -> dict[str, str]:
+        """Every stored silence: id -> its JSON text. Raises ``StoreError``."""
+        with self._errors("reading silences"):
+            raw = self.client.hgetall(self.keys.silences)
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    def add_silence(self, silence_id: str, data: str) -> bool:
+        """Store a silence under a new id; False (and nothing written) if the id is taken.
+        Raises ``StoreError``."""
+        with self._errors("writing a silence"):
+            return bool(self.client.hsetnx(self.keys.silences, silence_id, data))
+
+    def delete_silences(self, silence_ids: Sequence[str]) -> int:
+        """Delete the silences with these ids; return how many existed. Raises
+        ``StoreError``."""
+        if not silence_ids:
+            return 0
+        with self._errors("deleting silences"):
+            return int(self.client.hdel(self.keys.silences, *silence_ids))
+
     def __repr__(self) -> str:
         return f"<Store {self._where} prefix={self.prefix!r}>"
 

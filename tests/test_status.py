@@ -1,0 +1,217 @@
+"""`cliffwatch status`: every metric Redis knows with the state a worker gave it (firing,
+silenced, warming up, not watched, no data), its rates, score and last ten minutes, plus
+the apps flushing and the active silences; as text, as JSON, and refreshed by --watch."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import FakeClock
+
+from cliffwatch.alerting.cli import main
+from cliffwatch.alerting.silences import Silences
+from cliffwatch.alerting.status import (
+    NO_DATA_CHAR,
+    SPARK_MINUTES,
+    collect,
+    per_minute_rates,
+    render,
+    sparkline,
+    watch,
+)
+from cliffwatch.alerting.worker import Worker
+from cliffwatch.metrics.store import Store
+from cliffwatch.rules.config import parse_rules
+
+RATE = 40
+ORDERS, PAYMENTS, SIGNUPS, REVIEWS = (
+    "orders.created", "payments.captured", "signups.completed", "reviews.posted")
+RULES = f"""
+[[rule]]
+metric = "{ORDERS}"
+
+[[rule]]
+metric = "payments.*"
+
+[[rule]]
+metric = "{SIGNUPS}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_cliffwatch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without the caller's CLIFFWATCH_* settings."""
+    for name in list(os.environ):
+        if name.startswith("CLIFFWATCH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def store(redis_url: str, prefix: str) -> Iterator[Store]:
+    """A store over the test Redis, under this test's prefix."""
+    s = Store.from_url(redis_url, prefix=prefix)
+    yield s
+    s.close()
+
+
+# -- pure parts -----------------------------------------------------------------------
+
+
+def test_sparkline_scales_from_zero_and_marks_no_data() -> None:
+    """Bars go from zero (lowest) to the largest value (highest); None is a dot."""
+    assert sparkline([0.0, 5.0, 10.0, None]) == "▁▅█" + NO_DATA_CHAR
+    assert sparkline([3.0, 3.0]) == "██"
+    assert sparkline([0.0, None]) == "▁" + NO_DATA_CHAR
+    assert sparkline([]) == ""
+
+
+def test_per_minute_rates_leave_out_seconds_without_data() -> None:
+    """A minute's rate is the mean of its seconds that have data; a minute with none is
+    None, and a minute of zeros is 0."""
+    counts = np.full((1, 180), np.nan)
+    counts[0, :30] = 4.0
+    counts[0, 120:] = 0.0
+    assert per_minute_rates(counts, 3) == [[4.0, None, 0.0]]
+
+
+def test_watch_redraws_until_stopped() -> None:
+    """`watch` clears and redraws on each refresh, and returns once told to stop."""
+    out = io.StringIO()
+    stop = threading.Event()
+    draws: list[int] = []
+
+    def draw() -> str:
+        draws.append(1)
+        if len(draws) == 3:
+            stop.set()
+        return f"frame {len(draws)}"
+
+    watch(draw, out, interval=0.01, stop=stop, clear="<clear>")
+    assert out.getvalue() == "<clear>frame 1\n<clear>frame 2\n<clear>frame 3\n"
+
+
+# -- against Redis and a worker -------------------------------------------------------
+
+
+def run_shop(store: Store, rules_text: str) -> tuple[Worker, FakeClock, str]:
+    """A worker on a fake clock that ends at the wall clock: orders.created and
+    payments.captured (inside a silence) fall to zero and fire, signups.completed has
+    only five minutes of history (warming up), reviews.posted has no rule. Return the
+    worker, its clock and the silence's id."""
+    rng = np.random.default_rng(7)
+    run_s = 240
+    clock = FakeClock(math.floor(time.time()) - run_s + 0.5)
+    start = int(clock.now)
+    history = {start - k: {ORDERS: int(rng.poisson(RATE)), PAYMENTS: int(rng.poisson(RATE))}
+               for k in range(1, 40 * 60 + 1)}
+    for k in range(1, 5 * 60 + 1):
+        history[start - k][SIGNUPS] = int(rng.poisson(RATE))
+    store.write_counts(history)
+    worker = Worker(store, parse_rules(rules_text, "<status rules>", env={}), notifiers={},
+                    clock=clock, warmup_minutes=30)
+    worker.start()
+    silence = Silences(store, clock=clock).add("payments.*", 3600, "deploy", "erin")
+
+    def second(rate: int) -> None:
+        sec = int(clock.now)
+        store.write_counts({sec: {ORDERS: int(rng.poisson(rate)),
+                                  PAYMENTS: int(rng.poisson(rate)),
+                                  SIGNUPS: int(rng.poisson(RATE)),
+                                  REVIEWS: 2}}, emitter="shop-1:4242", now=sec)
+        clock.advance(1.0)
+        worker.tick()
+
+    for _ in range(120):
+        second(RATE)
+    for _ in range(3600):  # the outage, until the fake clock meets the wall clock
+        if clock.now >= time.time():
+            break
+        second(0)
+    worker.write_status(int(clock.now - worker.watermark))
+    return worker, clock, silence.id
+
+
+def test_status_json_gives_each_metric_its_state(
+    store: Store, redis_url: str, prefix: str
+) -> None:
+    """`status --json` lists every metric Redis knows: firing, silenced (its incident
+    started inside a silence), warming up, not watched; with rates, score, the open
+    incident, ten minutes of rates and a sparkline; plus the emitter and the silence."""
+    _, _, silence_id = run_shop(store, RULES)
+    result = CliRunner().invoke(main, ["status", "--json"], env={
+        "CLIFFWATCH_REDIS_URL": redis_url, "CLIFFWATCH_PREFIX": prefix})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = {r["metric"]: r for r in data["metrics"]}
+    assert {m: r["status"] for m, r in rows.items()} == {
+        ORDERS: "firing", PAYMENTS: "silenced", SIGNUPS: "warming up",
+        REVIEWS: "not watched"}
+
+    orders, payments = rows[ORDERS], rows[PAYMENTS]
+    assert orders["incident"].startswith(f"{ORDERS}@") and not orders["incident_silenced"]
+    assert orders["incident_started_at"] == int(orders["incident"].split("@")[1])
+    assert orders["score"] <= -3 and 30 < orders["baseline"] < 50
+    assert orders["rate"] < orders["baseline"] / 4
+    assert orders["silenced_by"] == "" and orders["status_age_s"] <= 12
+    assert payments["incident_silenced"] and payments["silenced_by"] == silence_id
+    assert len(orders["rates_per_minute"]) == SPARK_MINUTES
+    assert orders["rates_per_minute"][-1] == 0.0 and orders["rates_per_minute"][0] > 30
+    assert len(orders["sparkline"]) == SPARK_MINUTES and orders["sparkline"][-1] == "▁"
+    assert rows[REVIEWS]["rate"] is None and rows[REVIEWS]["rates_per_minute"][-1] == 2.0
+    assert 0 < rows[SIGNUPS]["minutes_seen"] < 30
+
+    [emitter] = data["emitters"]
+    assert emitter["name"] == "shop-1:4242" and emitter["age_s"] <= 5
+    [silence] = data["silences"]
+    assert (silence["id"], silence["pattern"], silence["created_by"]) == (
+        silence_id, "payments.*", "erin")
+    assert 0 < silence["remaining_s"] <= 3600
+
+
+def test_status_text_and_no_data_when_the_worker_stops(store: Store) -> None:
+    """The text view has a header (emitters, silences) and a line per metric with its
+    state and sparkline; seen later with the worker stopped, watched metrics have no
+    data, and an ended silence is gone."""
+    _, _, silence_id = run_shop(store, RULES)
+    text = render(collect(store), "Redis at redis://:***@example:6379/0")
+    assert "redis://:***@example:6379/0" in text
+    assert "emitters (1): shop-1:4242" in text
+    assert f"{silence_id}  payments.*  until " in text and "erin: deploy" in text
+    lines = {line.split()[0]: line for line in text.splitlines()[5:]}
+    assert " firing " in lines[ORDERS] and " silenced " in lines[PAYMENTS]
+    assert " warming up " in lines[SIGNUPS] and " not watched " in lines[REVIEWS]
+    assert "▁" in lines[ORDERS]
+
+    later = collect(store, now=time.time() + 2 * 3600)
+    assert {m.metric: m.status for m in later.metrics} == {
+        ORDERS: "no data", PAYMENTS: "no data", SIGNUPS: "no data", REVIEWS: "not watched"}
+    assert later.silences == []
+
+
+def test_status_of_an_empty_redis(redis_url: str, prefix: str) -> None:
+    """With nothing flushed yet, `status` says so, and `--json` has empty lists."""
+    env = {"CLIFFWATCH_REDIS_URL": redis_url, "CLIFFWATCH_PREFIX": prefix}
+    text = CliRunner().invoke(main, ["status"], env=env)
+    assert text.exit_code == 0 and "no metrics yet" in text.stdout
+    data = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)
+    assert (data["metrics"], data["emitters"], data["silences"]) == ([], [], [])
+
+
+def test_status_never_shows_the_redis_password() -> None:
+    """`status` against an unreachable Redis whose URL has a password exits 1 with one
+    line, the password masked."""
+    result = CliRunner().invoke(main, ["status", "--watch", "--redis-url",
+                                       "redis://:s3cretpw@127.0.0.1:1/0"])
+    assert result.exit_code == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: PING failed on Redis at redis://:***@127.0.0.1:1/0: ")
+    assert "s3cretpw" not in result.output
