@@ -321,14 +321,10 @@ class Detector:
         nref = nvs[k:] - nv
         with np.errstate(invalid="ignore", divide="ignore"):
             local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
-        ls, lnv, llocal = self._long_windows(rows, pos0, n)
+        ls, lnv, llocal, lnref = self._long_windows(rows, pos0, n)
         s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
-        local = np.concatenate([local, llocal])
-        # no score without a rate just before the window (after a gap, after an incident)
-        e = (
-            np.where(np.isfinite(local), np.fmin(self.baseline[rows][None, :, None], local), 0.0)
-            * nv
-        )
+        local, nref = np.concatenate([local, llocal]), np.concatenate([nref, lnref])
+        e = self._expected(rows, local, nref) * nv
         r = _nb_signed_root(s, e, self.excess[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             floor = self.floor[:, rows, None]
@@ -337,6 +333,18 @@ class Detector:
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
         return score, s, nv, worst, e, local
+
+    def _expected(self, rows: np.ndarray, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
+        """The rate each window is judged against: the rate just before it when that is
+        significantly (2 sd) below the normal rate — a decline already under way, a
+        dip, the evening — and the normal rate otherwise, which is the steadier of the
+        two for a quiet metric. 0 (no score) when the rate before is unknown: after a
+        gap, or right after an incident."""
+        base = self.baseline[rows][None, :, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (local - base) * nref / np.sqrt(base * nref)
+        level = np.where(np.isfinite(base) & ~(z < -2.0), base, local)
+        return np.where(np.isfinite(local), level, 0.0)
 
     def _long_windows(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Like the short windows, for LONG_MINUTES: this minute so far plus the last
@@ -348,7 +356,7 @@ class Detector:
         part_c = c[:, ends] - (c[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
         part_v = v[:, ends] - (v[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
         minute = self._minute_now
-        out_s, out_v, out_l = [], [], []
+        out_s, out_v, out_l, out_r = [], [], [], []
         clear = self._clear_pos[rows]
         for k in LONG_MINUTES:
             idx = np.arange(minute - k, minute) % MINUTE_RING
@@ -364,7 +372,8 @@ class Detector:
             with np.errstate(invalid="ignore", divide="ignore"):
                 loc = np.where(ref_ok, ref_c / ref_v, np.nan)
             out_l.append(np.repeat(loc[:, None], n, axis=1))
-        return np.stack(out_s), np.stack(out_v), np.stack(out_l)
+            out_r.append(np.repeat(ref_v[:, None], n, axis=1))
+        return np.stack(out_s), np.stack(out_v), np.stack(out_l), np.stack(out_r)
 
     def _learn_noise(
         self, s: np.ndarray, nv: np.ndarray, local: np.ndarray, expect: np.ndarray
