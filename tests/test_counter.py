@@ -67,6 +67,80 @@ def test_concurrent_emits_reach_redis_exactly(redis_client: redis.Redis, prefix:
     assert np.nansum(counts, axis=1).tolist() == [40_000.0, 80_000.0]
 
 
+def test_counts_of_threads_that_ended_are_delivered_and_their_slots_forgotten(
+    redis_client: redis.Redis, prefix: str, clock: FakeClock
+) -> None:
+    """Each thread counts on its own; a flush collects what ended threads counted,
+    then forgets them."""
+    counter = Counter(Store(redis_client, prefix=prefix), clock=clock)
+
+    def work(n: int) -> None:
+        for _ in range(n):
+            counter.add("a")
+
+    threads = [threading.Thread(target=work, args=(100 * (i + 1),)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    del thread, threads
+    clock.advance(1)
+    assert counter.flush()
+    assert counter.store.read_counts(["a"], T0, T0 + 1).tolist() == [[3600.0]]
+    assert counter._slots == []  # the ended threads' slots are gone
+    counter.close()
+
+
+def test_an_event_added_after_its_second_was_flushed_still_counts_in_that_second(
+    redis_client: redis.Redis, prefix: str, clock: FakeClock
+) -> None:
+    """An add that read the clock in second s but reached the counter after the flush of
+    s is written to s by the next flush."""
+    read, go = threading.Event(), threading.Event()
+
+    def slow_clock() -> float:
+        now = clock()
+        if threading.current_thread().name == "slow" and not go.is_set():
+            read.set()
+            go.wait(10)  # the flush runs here, between the clock read and the add
+        return now
+
+    counter = Counter(Store(redis_client, prefix=prefix), clock=slow_clock)
+    slow = threading.Thread(target=counter.add, args=("a",), name="slow")
+    go.set()
+    counter.add("a", 5)  # T0 + 0.5, this thread
+    go.clear()
+    slow.start()
+    assert read.wait(10)
+    clock.advance(1)
+    assert counter.flush()  # T0 closed: 5 (the slow thread's events are not in yet)
+    assert counter.store.read_counts(["a"], T0, T0 + 1).tolist() == [[5.0]]
+    go.set()
+    slow.join()
+    assert counter.flush()
+    assert counter.store.read_counts(["a"], T0, T0 + 1).tolist() == [[6.0]]
+    counter.close()
+
+
+def test_events_after_close_from_any_thread_are_dropped_as_closed(
+    redis_client: redis.Redis, prefix: str, clock: FakeClock
+) -> None:
+    """After the final flush nothing more is written; events of every thread count as
+    ``closed``."""
+    counter = Counter(Store(redis_client, prefix=prefix), clock=clock)
+    counter.add("a", 2)
+    assert counter.close()
+    counter.add("a", 3)
+    thread = threading.Thread(target=counter.add, args=("a", 4))
+    thread.start()
+    thread.join()
+    clock.advance(2)
+    counter.add("a", 5)
+    assert counter.flush()
+    assert counter.dropped == {"closed": 12}
+    assert np.nansum(counter.store.read_counts(["a"], T0 - 1, T0 + 3)) == 2
+
+
 def test_zero_fill_while_the_flusher_runs(
     redis_client: redis.Redis, prefix: str, clock: FakeClock
 ) -> None:

@@ -1,8 +1,11 @@
 """The in-process counter: events per metric per epoch second, sent to Redis by a flusher.
 
-:meth:`Counter.add` is the hot path: it reads the clock and adds to a dict under one
-short lock, with no I/O. A background :class:`~cliffwatch.metrics.flusher.Flusher`
-wakes just after each second boundary, *closes* every second before the current one and
+:meth:`Counter.add` is the hot path: it reads the clock and adds to a dict of the
+calling thread's own, with no I/O and no lock shared between threads (each thread's
+dict has its own lock, which only the flusher ever waits for). When a thread's second
+is over, its next event parks the finished second with the counter's *open* seconds.
+A background :class:`~cliffwatch.metrics.flusher.Flusher` wakes just after each second
+boundary, collects every thread's seconds before the current one, *closes* them and
 writes the closed seconds to Redis in one pipelined round trip.
 
 Zero-fill: while the flusher runs, every closed second gets a field for every metric
@@ -47,6 +50,9 @@ DEFAULT_MAX_BUFFERED_SECONDS = 600
 _FIELDS_PER_ROUND_TRIP = 20_000
 """A backlog (after Redis was away) is written in round trips of about this many fields."""
 
+_SPOILED = -1
+"""What a metric's count becomes when counts cannot be added up (a ``bad_count``)."""
+
 
 def _emitter_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -74,6 +80,38 @@ class _Second:
             self.counts[name] = self.counts.get(name, 0) + count
         if other.fill and other.fill is not self.fill:
             self.fill = tuple(sorted(set(self.fill) | set(other.fill)))
+
+
+def _merge(into: defaultdict[str, int], counts: dict[str, int]) -> None:
+    """Add ``counts`` to ``into``; a count that cannot be added spoils its metric's sum."""
+    for name, count in counts.items():
+        try:
+            into[name] += count
+        except TypeError:
+            into[name] = _SPOILED
+
+
+class _Owner:
+    """Lives in one thread's local storage: once it is gone, so is the thread."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Slot:
+    """One thread's counts of the second it is counting in.
+
+    Only its own thread adds to it, holding ``lock``; the flusher takes the lock once per
+    flush to collect a finished second, so the lock is in effect never contended.
+    """
+
+    __slots__ = ("counts", "lock", "next", "owner", "second")
+
+    def __init__(self, owner: _Owner) -> None:
+        self.lock = threading.Lock()
+        self.counts: defaultdict[str, int] = defaultdict(int)
+        self.second = 0  # the second ``counts`` belongs to
+        self.next = -math.inf  # ``counts`` is used while clock() < next
+        self.owner = weakref.ref(owner)  # dead once the thread has ended
 
 
 class Counter:
@@ -136,14 +174,12 @@ class Counter:
 
     def _reset_state(self) -> None:
         """Empty every buffer and make new locks (at creation and in a forked child)."""
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards everything but the threads' slots
         self._flush_lock = threading.Lock()
-        # The open second: events land in self._cur while clock() < self._next.
-        self._next = -math.inf
-        self._cur: defaultdict[str, int] = defaultdict(int)
+        self._local = threading.local()  # .slot: this thread's _Slot; .owner: its _Owner
+        self._slots: list[_Slot] = []  # every thread's slot, until the thread has ended
         self._open: dict[int, defaultdict[str, int]] = {}  # second -> counts, not closed
         self._pending: dict[int, _Second] = {}  # closed seconds not yet written
-        self._late: defaultdict[str, int] = defaultdict(int)  # added after the final flush
         self._fill_next: int | None = None  # next second to zero-fill; None: not filling
         self._restart_due = False
         self._failing = False
@@ -154,37 +190,70 @@ class Counter:
     def add(self, name: str, count: int = 1) -> None:
         """Count ``count`` events of metric ``name`` in the current second of the clock.
 
-        O(1), no I/O: one clock read and a dict increment under a short lock. Neither
-        ``name`` nor ``count`` is checked here (the bus does that). A count that is not a
-        non-negative integer spoils that metric's second, which is dropped when closed
-        (``bad_count``).
+        O(1), no I/O: one clock read and a dict increment under the calling thread's own
+        lock. Neither ``name`` nor ``count`` is checked here (the bus does that). A count
+        that is not a non-negative integer spoils that metric's second, which is dropped
+        when closed (``bad_count``).
         """
         now = self._clock()
-        lock = self._lock
+        try:
+            slot = self._local.slot
+        except AttributeError:  # this thread's first event
+            slot = self._new_slot()
+        lock = slot.lock
         lock.acquire()  # cheaper than `with` on this hot path
         try:
-            if now < self._next:
-                self._cur[name] += count
+            if now < slot.next:
+                slot.counts[name] += count
                 return
-            self._open_second(now)
-            self._cur[name] += count
+            self._roll(slot, now)
+            slot.counts[name] += count
         finally:
             lock.release()
         if self._restart_due:
             self._restart_after_fork()
 
-    def _open_second(self, now: float) -> None:
-        """Point ``_cur`` at the bucket of the second ``now`` is in. Holds ``_lock``."""
+    def _new_slot(self) -> _Slot:
+        """Give the calling thread a slot of its own."""
+        owner = _Owner()
+        slot = _Slot(owner)
+        self._local.owner = owner
+        self._local.slot = slot
+        with self._lock:
+            self._slots.append(slot)
+        return slot
+
+    def _roll(self, slot: _Slot, now: float) -> None:
+        """Park the slot's finished second with the open seconds and point it at the
+        second ``now`` is in. After the final flush, leave its counts (undelivered,
+        ``closed``) where they are. Holds ``slot.lock``."""
         second = math.floor(now)
+        with self._lock:
+            if self._closed:
+                slot.next = math.inf
+                return
+            if slot.counts:
+                self._park(slot.second, slot.counts)
+                slot.counts = defaultdict(int)
+            self._bound(second)
+        slot.second = second
+        slot.next = second + 1
+
+    def _park(self, second: int, counts: defaultdict[str, int]) -> None:
+        """Add one thread's counts of ``second`` to the open seconds. Holds ``_lock``."""
         bucket = self._open.get(second)
         if bucket is None:
-            bucket = self._open[second] = defaultdict(int)
-            if len(self._open) > self._max_buffered:  # nothing is flushing: stay bounded
-                oldest = self._open.pop(min(s for s in self._open if s != second))
-                lost = sum(v for v in oldest.values() if isinstance(v, int))
-                self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
-        self._cur = bucket
-        self._next = second + 1
+            self._open[second] = counts
+        else:
+            _merge(bucket, counts)
+
+    def _bound(self, current: int) -> None:
+        """Keep at most ``max_buffered_seconds`` open seconds, ``current`` included (only
+        reached when nothing is flushing). Holds ``_lock``."""
+        while len(self._open) + (current not in self._open) > self._max_buffered:
+            oldest = self._open.pop(min(s for s in self._open if s != current))
+            lost = sum(v for v in oldest.values() if isinstance(v, int))
+            self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
 
     # -- registry and introspection -------------------------------------------------
 
@@ -209,7 +278,12 @@ class Counter:
         """Events not delivered, by reason (a copy)."""
         with self._lock:
             dropped = dict(self._dropped)
-            late = sum(v for v in self._late.values() if isinstance(v, int))
+            # after the final flush, whatever a thread holds is never written
+            slots = list(self._slots) if self._closed else []
+        late = 0
+        for slot in slots:
+            with slot.lock:
+                late += sum(v for v in slot.counts.values() if isinstance(v, int))
         if late:
             dropped["closed"] = dropped.get("closed", 0) + late
         return dropped
@@ -269,11 +343,7 @@ class Counter:
         self._reset_state()
         self._dropped = {}
         self._flusher.reset_after_fork()
-        if self._closed:
-            self._next = math.inf
-            self._cur = self._late
-        else:
-            self._restart_due = self._started
+        self._restart_due = self._started and not self._closed
 
     # -- closing seconds and writing them -------------------------------------------
 
@@ -285,6 +355,7 @@ class Counter:
         """
         with self._flush_lock:
             now = math.floor(self._clock())
+            self._collect(now, final=False)
             with self._lock:
                 self._close_seconds(now, final=False)
             return self._deliver(now) is None
@@ -292,12 +363,11 @@ class Counter:
     def _final_flush(self) -> None:
         with self._flush_lock:
             now = math.floor(self._clock())
+            self._collect(now, final=True)
             with self._lock:
                 self._close_seconds(now, final=True)
-                self._closed = True
+                self._closed = True  # what threads count from now on is never written
                 self._fill_next = None
-                self._next = math.inf  # later adds land in self._late
-                self._cur = self._late
             error = self._deliver(now, final=True)
             if error is None:
                 return
@@ -308,6 +378,29 @@ class Counter:
                     self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + lost
             if lost:
                 log.warning("cliffwatch: %d events not written at shutdown: %s", lost, error)
+
+    def _collect(self, now: int, *, final: bool) -> None:
+        """Park every thread's counts of the seconds before ``now`` (all of them if
+        ``final``) with the open seconds; forget the slots of threads that have ended.
+        Holds ``_flush_lock``."""
+        with self._lock:
+            if self._closed:
+                return
+            slots = list(self._slots)
+        ended: set[_Slot] = set()
+        for slot in slots:
+            with slot.lock:
+                if final or slot.next <= now:
+                    if slot.counts:
+                        with self._lock:
+                            self._park(slot.second, slot.counts)
+                        slot.counts = defaultdict(int)
+                    slot.next = -math.inf  # its thread's next event starts a new second
+                if slot.owner() is None and not slot.counts:
+                    ended.add(slot)
+        if ended:
+            with self._lock:
+                self._slots = [slot for slot in self._slots if slot not in ended]
 
     def _fill_for(self, second: int) -> tuple[str, ...]:
         """Metrics to zero-fill in ``second``. Holds ``_lock``."""
@@ -334,8 +427,6 @@ class Counter:
             self._fill_next = max(self._fill_next, now)
         for second in [s for s in self._open if final or s < now]:
             bucket = self._open.pop(second)
-            if bucket is self._cur:
-                self._next = -math.inf  # the next add opens a fresh bucket
             for name, count in bucket.items():
                 if not (isinstance(count, int) and count >= 0):
                     self._dropped["bad_count"] = self._dropped.get("bad_count", 0) + 1
@@ -343,9 +434,9 @@ class Counter:
                 # A partial second (the one the process started or stopped in) would read
                 # as a drop: its events go to the nearest full second instead.
                 target = second
-                first = self._known.get(name)
-                if first is not None and second < first:
-                    target = first
+                registered = self._known.get(name)
+                if registered is not None and second < registered:
+                    target = registered
                 elif final and second >= now:
                     target = second - 1
                 if target >= now and not final:
