@@ -555,7 +555,9 @@ class Detector:
             self._clear_pos[i] = pos - w + 1
             # an incident counts once among the natural falls: one odd minute does not
             # set the floor, three cliffs in a day are this metric's nature
-            lows = np.concatenate([self._floor_now[:, :, i], self._incident_floor[None, :, i]])
+            inc = self._incident_floor[:, i]
+            inc = np.where(inc > 0, inc, np.inf)  # a total outage is never the metric's nature
+            lows = np.concatenate([self._floor_now[:, :, i], inc[None]])
             self._floor_now[:, :, i] = np.sort(lows, axis=0)[:FLOOR_RANK]
             self._incident_floor[:, i] = np.inf
         return Transition(i, t.state, at, t.score, t.rate, t.baseline)
