@@ -27,7 +27,8 @@ that scale?* — the rate's derivative, in noise units.
   silent second is.
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
-  (an incident counts once, as one minute). ``r_w`` is weighted by
+  (an incident counts once, as one minute, unless it was total silence: an outage is
+  never a metric's nature). ``r_w`` is weighted by
   ``min(1, (1 - S/E) / (1 - f_w) / 1.3)``: full weight only for a fall 1.3 times as deep
   as the natural one.
 
