@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from ..errors import ConfigError, StoreError
 from ..metrics.store import Store
-from ..rules.config import _metric_problem
+from ..rules.config import metric_problem
 
 log = logging.getLogger("cliffwatch.silences")
 
@@ -64,7 +64,7 @@ def parse_duration(text: str) -> int:
 def check_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a valid metric name or glob; else raise
     :class:`ConfigError` saying what is wrong with it."""
-    problem = _metric_problem(pattern)
+    problem = metric_problem(pattern)
     if problem:
         raise ConfigError(problem)
     return pattern

@@ -267,7 +267,7 @@ def default_rules(metrics: Iterable[str] = ()) -> RuleSet:
     d = RuleDefaults()
     names = list(dict.fromkeys(metrics)) or ["*"]
     for name in names:
-        problem = _metric_problem(name)
+        problem = metric_problem(name)
         if problem:
             raise RulesError(problem)
     rules = tuple(Rule(name, d.severity, d.threshold, d.min_rate) for name in names)
@@ -306,7 +306,7 @@ def _did_you_mean(word: str, choices: Iterable[str], fmt: str = "'{}'") -> str:
     return f" (did you mean {fmt.format(close[0])}?)" if close else ""
 
 
-def _metric_problem(name: str) -> str:
+def metric_problem(name: str) -> str:
     """Why ``name`` is not a valid metric name or glob, or ``""`` if it is."""
     if not any(c in name for c in "*?["):
         if _NAME.fullmatch(name):
@@ -661,7 +661,7 @@ class _Parser:
                 )
             metric = self.string(table, "rule", n, "metric")
             metric_line = self.lines.line("rule", n, "metric")
-            problem = _metric_problem(metric)
+            problem = metric_problem(metric)
             if problem:
                 self.fail(metric_line, problem)
             if metric in first_line:
