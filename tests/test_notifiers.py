@@ -394,3 +394,22 @@ def test_alert_replace_keeps_incident() -> None:
     assert (resolved.incident_id, resolved.started_at) == (firing.incident_id, firing.started_at)
     with pytest.raises(AttributeError):
         firing.rate = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("state", ["firing", "resolved"])
+def test_block_kit_message_is_valid_for_slack_sdk_models(state: str) -> None:
+    """The Slack blocks parse into slack-sdk's Block Kit model classes, pass their
+    validation and come back unchanged."""
+    from slack_sdk.models.blocks import Block
+
+    from cliffwatch.alerting.notifiers import _slack_message
+
+    alert = Alert("payments.captured", state, 1_700_000_642, "page", -3.6, 0.0 if state ==
+                  "firing" else 29.1, 30.2, "payments.captured@1700000042", 1_700_000_042, -3.0)
+    text, blocks = _slack_message(alert)
+    assert text
+    for raw in blocks:
+        block = Block.parse(raw)
+        assert block is not None
+        block.validate_json()
+        assert block.to_dict() == raw
