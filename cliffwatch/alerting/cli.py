@@ -31,7 +31,8 @@ redis_url_option = click.option(
     default=DEFAULT_REDIS_URL,
     show_default=True,
     show_envvar=True,
-    help="Redis the apps flush their counts to.",
+    help="Redis the apps flush their counts to: redis://, rediss:// (TLS; a private CA "
+    "as ?ssl_ca_certs=/path/ca.pem), unix://; an ACL user as user:password@host.",
 )
 prefix_option = click.option(
     "--prefix",
@@ -92,6 +93,8 @@ def worker(rules_path: str, redis_url: str, prefix: str, warmup: int) -> None:
     """Run the detector worker until SIGTERM or SIGINT.
 
     The first signal finishes the current tick and stops; a second exits at once.
+    SIGHUP reads the rules file again: a broken file keeps the rules in force (the log
+    says why); [slack] and [pagerduty] changes take effect on restart.
     """
     from .worker import Worker
 

@@ -1,16 +1,23 @@
-"""Incidents: each metric's alert state in Redis, and the delivery of its alerts.
+"""Incidents: each metric's alert state in Redis, and the hand-over of its alerts to the
+outbox.
 
-A transition is written to the metric's state hash *before* it is delivered, and each
-notifier's delivery is recorded there once it succeeded. So a worker that restarts
-neither pages an open incident again nor forgets it, and a delivery that failed (or was
-cut short by a crash) is retried on later ticks until it goes through.
+A transition is written to the metric's state hash, then appended to the durable outbox
+(:mod:`cliffwatch.alerting.outbox`), which delivers it and records each notifier's
+delivery in the state hash. So a worker that restarts neither pages an open incident
+again nor forgets it, and a delivery that failed (or was cut short by a crash) is
+retried until it goes through. If the worker died between writing the state and
+appending to the outbox, :meth:`Incidents.undelivered` finds the transition still
+``pending`` and the next leader queues it again.
 
 State hash fields: ``state`` (``ok`` / ``firing``), ``incident_id``, ``started_at``,
 ``severity``, ``threshold``, ``score``, ``rate``, ``baseline``, ``resolved_at``,
 ``pending`` (transitions not yet delivered everywhere, e.g. ``firing,resolved``),
-``sent:<notifier>:<state>`` = ``1``, ``silenced`` (``1`` when the incident started
-inside a silence) and ``silence_id``, and the notifiers' own memo (e.g. the Slack
-message's ``ts``, so the resolve updates the same message).
+``sent:<notifier>:<state>`` = ``1`` (or ``dropped`` when the notifier refused it for
+good), ``channels`` (the notifiers the incident goes to), ``epoch`` (the fencing epoch of
+the worker that wrote the transition, see :mod:`cliffwatch.alerting.leader`),
+``silenced`` (``1`` when the incident started inside a silence) and ``silence_id``,
+and the notifiers' own memo (e.g. the Slack message's ``ts``, so the resolve updates the
+same message).
 
 An incident that starts inside a silence (see :mod:`cliffwatch.alerting.silences`) is
 recorded but delivered nowhere, and its resolve is not delivered either, even when the
@@ -21,18 +28,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CliffwatchError
 from ..metrics.store import Store
 from .alert import Alert
 from .notifiers import Notifier
+from .outbox import Fence, Outbox
 from .silences import Silence, Silences
 
 log = logging.getLogger("cliffwatch.alerting")
-
-RETRY_MIN_S, RETRY_MAX_S = 2.0, 60.0
 
 
 @dataclass
@@ -54,13 +60,19 @@ class Route:
 
 
 class Incidents:
-    """Opens and closes incidents in Redis and delivers their alerts.
+    """Opens and closes incidents in Redis and queues their alerts in the outbox.
 
     :param store: where the state hashes live.
     :param route: which notifiers get which severity.
     :param on_alert: called with every alert as it is decided (before delivery), e.g. to
         print it; silenced alerts too.
     :param silences: checked when an incident opens; ``None``: nothing is silenced.
+    :param fence: the leader election; ``None``: this worker is the only one. With a
+        fence, :meth:`fire` and :meth:`resolve` raise
+        :class:`~cliffwatch.alerting.leader.LostLeadership` (and write nothing) unless
+        this worker leads and the state hash carries no newer epoch than its own.
+
+    The outbox (:attr:`outbox`) delivers; see :mod:`cliffwatch.alerting.outbox`.
     """
 
     def __init__(
@@ -70,13 +82,34 @@ class Incidents:
         on_alert: Callable[[Alert], None] | None = None,
         clock: Callable[[], float] = time.time,
         silences: Silences | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.store = store
-        self.route = route
         self.on_alert = on_alert
         self.clock = clock
         self.silences = silences
-        self._retry_at: dict[str, tuple[float, float]] = {}  # metric -> (when, backoff)
+        self.outbox = Outbox(store, route.notifiers, clock=clock, fence=fence)
+        self._route = route
+
+    @property
+    def route(self) -> Route:
+        """Which notifiers get which severity; setting it also changes the outbox's
+        channels (e.g. after the rules are reloaded)."""
+        return self._route
+
+    @route.setter
+    def route(self, route: Route) -> None:
+        self._route = route
+        self.outbox.use(route.notifiers)
+
+    @property
+    def fence(self) -> Fence | None:
+        """The leader election this worker's writes are fenced by, if any."""
+        return self.outbox.fence
+
+    @fence.setter
+    def fence(self, fence: Fence | None) -> None:
+        self.outbox.fence = fence
 
     def state(self, metric: str) -> dict[str, str]:
         """The metric's state hash (``{}`` when it never fired)."""
@@ -92,17 +125,19 @@ class Incidents:
         rate: float,
         baseline: float,
     ) -> Alert:
-        """Open an incident (written first, then delivered). What the notifiers kept of
-        an earlier incident of the metric (sent flags, message ts, dedup key) is blanked,
-        so the new one is delivered afresh. An incident starting inside a silence is
-        written with ``silenced=1`` and not delivered (if the silences cannot be read, it
-        is delivered: better a page too many than a missed one)."""
+        """Open an incident (written first, then queued in the outbox). What the
+        notifiers kept of an earlier incident of the metric (sent flags, message ts,
+        dedup key) is blanked, so the new one is delivered afresh. An incident starting
+        inside a silence is written with ``silenced=1`` and not delivered (if the
+        silences cannot be read, it is delivered: better a page too many than a missed
+        one). Raises ``StoreError``, or ``LostLeadership`` as the class says."""
         incident_id = f"{metric}@{at}"
+        st = self.state(metric)
+        self._check_fence(st)
         silence = self._silence(metric, at)
         stale = tuple(f"{name}_" for name in self.route.notifiers)
-        earlier = {
-            k: "" for k in self.state(metric) if k.startswith("sent:") or k.startswith(stale)
-        }
+        earlier = {k: "" for k in st if k.startswith("sent:") or k.startswith(stale)}
+        channels = [name for name, _ in self.route.targets(severity)]
         self.store.set_state(
             metric,
             {
@@ -119,6 +154,8 @@ class Incidents:
                 "resolved_at": "",
                 "silenced": 1 if silence else "",
                 "silence_id": silence.id if silence else "",
+                "channels": ",".join(channels),
+                **self._epoch(),
             },
         )
         alert = Alert(
@@ -126,20 +163,23 @@ class Incidents:
         )
         self._announce(alert, silence.id if silence else "")
         if silence is None:
-            self.deliver(metric)
+            self.outbox.append(alert, channels)
         return alert
 
     def resolve(self, metric: str, at: int, score: float, rate: float) -> Alert | None:
-        """Close the metric's open incident, if it has one."""
+        """Close the metric's open incident, if it has one (written, then queued in the
+        outbox). Raises ``StoreError``, or ``LostLeadership`` as the class says."""
         st = self.state(metric)
         if st.get("state") != "firing":
             return None
+        self._check_fence(st)
         silenced = st.get("silenced") == "1"
         pending = [p for p in st.get("pending", "").split(",") if p]
         if not silenced:
             pending.append("resolved")
         self.store.set_state(
-            metric, {"state": "ok", "resolved_at": at, "pending": ",".join(pending)}
+            metric,
+            {"state": "ok", "resolved_at": at, "pending": ",".join(pending), **self._epoch()},
         )
         alert = Alert(
             metric,
@@ -155,54 +195,39 @@ class Incidents:
         )
         self._announce(alert, st.get("silence_id", "?") if silenced else "")
         if not silenced:
-            self.deliver(metric)
+            self.outbox.append(alert, self._channels(st))
         return alert
 
-    def retry_pending(self, metrics: list[str]) -> None:
-        """Try again the deliveries that failed before, when their backoff has passed."""
-        now = self.clock()
-        for metric in metrics:
-            when = self._retry_at.get(metric)
-            if when is not None and when[0] <= now:
-                self.deliver(metric)
+    def retry_pending(self, metrics: Sequence[str] = ()) -> None:
+        """Deliver, in this thread, whatever the outbox holds whose backoff has passed
+        (for every metric: ``metrics`` is not needed). Nothing when the outbox runs its
+        own delivery threads."""
+        if not self.outbox.running:
+            self.outbox.deliver_due()
 
-    def deliver(self, metric: str) -> bool:
-        """Send the metric's pending transitions to every notifier that has not had them;
-        True when nothing is left pending."""
-        st = self.state(metric)
-        pending = [p for p in st.get("pending", "").split(",") if p]
-        if not pending:
-            self._retry_at.pop(metric, None)
-            return True
-        memo = {k: v for k, v in st.items() if not k.startswith("sent:")}
-        failed = False
-        for state in pending:
-            alert = self._alert_from(metric, st, state)
-            for name, notifier in self.route.targets(alert.severity):
-                flag = f"sent:{name}:{state}"
-                if st.get(flag):
-                    continue
-                try:
-                    update = notifier.send(alert, memo)
-                except CliffwatchError as exc:
-                    log.warning("delivering %s of %s to %s failed: %s", state, metric, name, exc)
-                    failed = True
-                    continue
-                except Exception:  # a notifier bug must not stop the worker
-                    log.exception("delivering %s of %s to %s failed", state, metric, name)
-                    failed = True
-                    continue
-                memo.update(update)
-                st[flag] = "1"
-                self.store.set_state(metric, {**update, flag: "1"})
-        if failed:
-            _, backoff = self._retry_at.get(metric, (0.0, RETRY_MIN_S / 2))
-            backoff = min(backoff * 2, RETRY_MAX_S)
-            self._retry_at[metric] = (self.clock() + backoff, backoff)
-            return False
-        self.store.set_state(metric, {"pending": ""})
-        self._retry_at.pop(metric, None)
-        return True
+    def undelivered(self, metrics: Sequence[str]) -> list[tuple[Alert, list[str]]]:
+        """The transitions of ``metrics`` that their state hashes say are not delivered
+        everywhere yet (``pending``), oldest first, each with its channels. Raises
+        ``StoreError``."""
+        out: list[tuple[Alert, list[str]]] = []
+        for metric, st in zip(metrics, self.store.get_states(metrics), strict=True):
+            if st.get("silenced") == "1":
+                continue
+            for state in (p for p in st.get("pending", "").split(",") if p):
+                if state in ("firing", "resolved"):
+                    out.append((self._alert_from(metric, st, state), self._channels(st)))
+        return out
+
+    def _channels(self, st: Mapping[str, str]) -> list[str]:
+        listed = [c for c in st.get("channels", "").split(",") if c]
+        return listed or [name for name, _ in self.route.targets(st.get("severity", "page"))]
+
+    def _check_fence(self, st: Mapping[str, str]) -> None:
+        if self.fence is not None:
+            self.fence.check(st.get("epoch"))
+
+    def _epoch(self) -> dict[str, int]:
+        return {} if self.fence is None else {"epoch": self.fence.epoch}
 
     def _alert_from(self, metric: str, st: Mapping[str, str], state: str) -> Alert:
         started = int(st.get("started_at") or 0)

@@ -14,6 +14,13 @@ Without a snapshot a metric learns from whatever history Redis still has and is
 
 An incident that opens inside a silence (``cliffwatch silence add``) is recorded but not
 delivered; see :mod:`cliffwatch.alerting.silences`.
+
+Several workers may run against one Redis: ``run()`` takes part in a leader election
+(:mod:`cliffwatch.alerting.leader`). Only the leader opens and resolves incidents and
+delivers them (through the outbox, :mod:`cliffwatch.alerting.outbox`, one delivery
+thread per notifier); a follower ticks and learns like the leader, so when it takes over
+it compares what its detector says with the open incidents and carries on. A worker
+driven by ``tick()`` without a ``leader`` acts alone and delivers in the ticking thread.
 """
 
 from __future__ import annotations
@@ -29,18 +36,22 @@ from types import FrameType
 
 import numpy as np
 
-from ..errors import CliffwatchError, ConfigError
+from ..errors import CliffwatchError, ConfigError, RulesError
 from ..metrics.store import Store
-from ..rules.config import Rule, RuleSet
+from ..rules.config import Rule, RuleSet, load_rules
 from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
 from .alert import Alert
+from .blind import BLIND_METRIC, BlindWatch
 from .incidents import Incidents, Route
+from .leader import Leader, LostLeadership
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
 from .silences import Silences
 
 log = logging.getLogger("cliffwatch.worker")
 
-WATERMARK_S = 1.2  # a second is judged once it has been closed this long
+WATERMARK_S = 1.2  # a second is judged once every app flushed it, or this long after it
+TICK_PHASE_S = 0.1  # ticks run this long after each second boundary, after the flushes
+EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
 STATUS_EVERY_S = 5
@@ -74,6 +85,8 @@ class Worker:
     :param notifiers: ``{"slack": ..., "pagerduty": ...}``; default: built from ``rules``.
     :param clock: epoch seconds (tests and the demo pass their own).
     :param on_alert: called with every alert as it is decided.
+    :param leader: the election this worker takes part in; ``None``: it acts alone (and
+        :meth:`run` makes one).
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class Worker:
         watermark: float = WATERMARK_S,
         warmup_minutes: int = WARMUP_MINUTES,
         on_alert: Callable[[Alert], None] | None = None,
+        leader: Leader | None = None,
     ) -> None:
         if watermark < 0 or not math.isfinite(watermark):
             raise ConfigError(f"watermark must be a number of seconds >= 0, not {watermark!r}")
@@ -100,10 +114,15 @@ class Worker:
             on_alert=on_alert,
             clock=clock,
             silences=Silences(store, clock=clock),
+            fence=leader,
         )
+        self.leader = leader
+        self._acting = False  # leads, and has taken over the open incidents
         self.metrics: list[str] = []
         self.rule_of: list[Rule] = []
         self.detector = Detector(0, warmup_minutes=warmup_minutes)
+        self.blind = BlindWatch(store, self.incidents)
+        self._reload = threading.Event()  # set by SIGHUP: read the rules file again
         self._stop = threading.Event()
         self._signals = 0
         self._last_rescan = -math.inf
@@ -117,15 +136,21 @@ class Worker:
         :class:`~cliffwatch.errors.StoreError` if Redis cannot be reached."""
         now = self.clock() if now is None else now
         self.store.ping()
+        self._acting = False
         self._rescan(now, force=True)
+        self._follow_leader()
 
     def tick(self, now: float | None = None) -> list[Alert]:
         """Judge every second closed since the last tick; return the alerts decided."""
         now = self.clock() if now is None else now
-        end = int(math.floor(now - self.watermark))  # seconds before this are closed
+        end = self._closed_end(now)  # seconds before this are judged
         alerts: list[Alert] = []
+        if self._reload.is_set():
+            self._reload.clear()
+            self.reload_rules(now)
         if now - self._last_rescan >= RESCAN_EVERY_S:
             self._rescan(now)
+        self._follow_leader()
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
@@ -134,18 +159,39 @@ class Worker:
             counts = self.store.read_counts(self.metrics, start, end)
             alerts += self._apply(self.detector.update(counts, start))
         self.incidents.retry_pending(self.metrics)
-        if end % 60 == 0 and now - self._last_snapshot >= SNAPSHOT_EVERY_S:
+        if self._acting:  # a follower decides nothing
+            alerts += self.blind.check(now, end, self.metrics, self.detector.baseline)
+        if end % 60 == 0 and now - self._last_snapshot >= SNAPSHOT_EVERY_S and self._acting:
             self.save_snapshots(end)
-        if now - self._last_status >= STATUS_EVERY_S:
+        if now - self._last_status >= STATUS_EVERY_S and self._acting:
             self.write_status(end)
             self._last_status = now
         return alerts
+
+    def _closed_end(self, now: float) -> int:
+        """The first second not to judge yet: every earlier one has been flushed by each
+        app process that is reporting (they record the second they flushed up to), or
+        has been closed for ``watermark`` seconds, whichever comes first."""
+        patient = int(math.floor(now - self.watermark))
+        try:
+            emitters = self.store.emitters()
+        except CliffwatchError:
+            return patient
+        live = [last for last in emitters.values() if last >= now - EMITTER_LIVE_S]
+        if not live:
+            return patient
+        return max(patient, min(int(math.floor(now)), min(live)))
 
     def run(self) -> None:
         """Tick once a second until :meth:`stop` (or SIGTERM/SIGINT: the first finishes
         the tick and stops, a second exits at once)."""
         self._install_signals()
+        if self.leader is None:
+            self.leader = Leader(self.store)
+            self.incidents.fence = self.leader
+        self.leader.start()
         self.start()
+        self.incidents.outbox.start()
         log.info("watching %d metrics", len(self.metrics))
         try:
             while not self._stop.is_set():
@@ -154,9 +200,50 @@ class Worker:
                 except CliffwatchError as exc:  # Redis away: say so, try again next tick
                     log.error("tick failed: %s", exc)
                 now = self.clock()
-                self._stop.wait(1.0 - (now - self.watermark) % 1.0 + 0.05)
+                self._stop.wait(1.0 - now % 1.0 + TICK_PHASE_S)  # just after the flushes
         finally:
             self.close()
+
+    def request_reload(self) -> None:
+        """Ask the next tick to read the rules file again (what SIGHUP does)."""
+        self._reload.set()
+
+    def reload_rules(self, now: float | None = None) -> bool:
+        """Read the rules file again and watch what it names from now on; True if it did.
+
+        A file that fails to load changes nothing: the old rules stay in force, one line
+        on the log says why, and False is returned. Metrics kept keep what they learnt
+        and their open incidents. Where alerts go (``[slack]``, ``[pagerduty]``) is
+        read at start only: a change there is logged and takes effect on restart.
+        Raises :class:`~cliffwatch.errors.StoreError` if Redis fails while the metrics
+        are picked again: the old rules are then kept and the reload is tried again on
+        the next tick.
+        """
+        now = self.clock() if now is None else now
+        path = self.rules.path
+        if path is None:
+            log.error("rules reload: these rules did not come from a file; keeping them")
+            return False
+        try:
+            rules = load_rules(path)
+        except RulesError as exc:
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("rules reload failed, keeping the old rules: %s", line)
+            return False
+        old_rules = self.rules
+        self.rules = rules
+        try:
+            self._rescan(now, force=True)
+        except CliffwatchError:
+            self.rules = old_rules
+            self._reload.set()
+            raise
+        for warning in rules.warnings:
+            log.warning("%s", warning)
+        if (rules.slack, rules.pagerduty) != (old_rules.slack, old_rules.pagerduty):
+            log.warning("rules reload: [slack] and [pagerduty] changes take effect on restart")
+        log.info("rules reloaded from %s: %d rules", path, len(rules.rules))
+        return True
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop after the current tick."""
@@ -166,10 +253,14 @@ class Worker:
         """Save what the metrics learnt (when at a whole minute) and disconnect."""
         try:
             nxt = self.detector.next_second
-            if nxt is not None and nxt % 60 == 0 and self.metrics:
+            if nxt is not None and nxt % 60 == 0 and self.metrics and self._acting:
                 self.save_snapshots(nxt)
         except CliffwatchError as exc:
             log.error("could not save snapshots: %s", exc)
+        self.incidents.outbox.stop()
+        if self.leader is not None:
+            self.leader.stop()
+        self._acting = False
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -184,6 +275,7 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reload())
 
     # -- metrics ------------------------------------------------------------------
 
@@ -223,6 +315,7 @@ class Worker:
                 det.restore(i, snaps[m])
                 restored = True
         self._restore_incidents(det, names)
+        acting = self._acting
         if restored:
             hist_start = base - HISTORY_S
             det.prime(self.store.read_counts(names, hist_start, base), hist_start)
@@ -236,7 +329,8 @@ class Worker:
         catch_up = max(base, end - CATCH_UP_MAX_S)
         if end > catch_up:
             det.update(self.store.read_counts(names, catch_up, end), catch_up)
-        self._reconcile(det, names, max(base, end))
+        if acting:
+            self._reconcile(det, names, max(base, end))
         self.metrics, self.rule_of, self.detector = names, [r for r in rules if r], det
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
 
@@ -260,6 +354,30 @@ class Worker:
                 )
             elif not det.firing[i] and st.get("state") == "firing":
                 self.incidents.resolve(m, at, float(det.score[i]), float(det.rate[i]))
+
+    def _follow_leader(self) -> None:
+        """Start acting when this worker has just become the leader (compare what the
+        detector says with the open incidents, and queue again what was decided but
+        perhaps never reached the outbox); stop when it no longer leads."""
+        leads = self.leader is None or self.leader.holds()
+        if leads == self._acting:
+            return
+        if not leads:
+            self._acting = False
+            log.warning("following: deciding and delivering nothing")
+            return
+        self._acting = True
+        try:
+            nxt = self.detector.next_second
+            if nxt is not None and self.metrics:
+                self._reconcile(self.detector, self.metrics, nxt)
+            watched = [*self.metrics, BLIND_METRIC]
+            self.incidents.outbox.requeue(self.incidents.undelivered(watched))
+        except LostLeadership:
+            self._acting = False
+        except CliffwatchError:
+            self._acting = False  # Redis away: take over on a later tick
+            raise
 
     def _restore_incidents(self, det: Detector, names: Sequence[str]) -> None:
         for i, m in enumerate(names):
@@ -314,6 +432,16 @@ class Worker:
 
     def _apply(self, transitions: list[Transition]) -> list[Alert]:
         out: list[Alert] = []
+        if not self._acting:  # a follower learns, and decides nothing
+            return out
+        try:
+            self._decide(transitions, out)
+        except LostLeadership as exc:
+            log.warning("stopped deciding: %s", exc)
+            self._acting = False
+        return out
+
+    def _decide(self, transitions: list[Transition], out: list[Alert]) -> None:
         for t in transitions:
             metric = self.metrics[t.index]
             rule = self.rule_of[t.index]
@@ -327,7 +455,6 @@ class Worker:
                 alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
                 if alert is not None:
                     out.append(alert)
-        return out
 
 
 def _num(x: float) -> str:

@@ -2,8 +2,10 @@
 
 All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts them in
 one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
-no script touches more than one metric's keys. The few keys shared by all metrics
-(``Pmetrics``, ``Pemitters``, ``Psilences``) are each one key, read and written on its own.
+no script touches more than one key. The few keys shared by all metrics (``Pmetrics``,
+``Pemitters``, ``Psilences``, ``Pleader``, ``Pleader:epoch``, ``Poutbox``) are each one
+key, read and written on its own; in Redis Cluster each lives in its own slot, so the
+worker's outbox (one stream) sits on one shard, which is ample for alert traffic.
 
 ==============================  ======  ================================================
 key                             type    holds
@@ -20,6 +22,15 @@ key                             type    holds
 ``Psilences``                   hash    silence id -> JSON of one silence (metric glob,
                                         start, end, reason, who); expired ones are
                                         deleted by whoever reads them next
+``Pleader``                     string  the worker leader's lease: a random token, with
+                                        a PX expiry renewed by the leader (see
+                                        :mod:`cliffwatch.alerting.leader`)
+``Pleader:epoch``               string  integer, INCR'd by each worker that takes the
+                                        lease: its fencing epoch
+``Poutbox``                     stream  alert transitions waiting for delivery, one
+                                        consumer group per notifier (``slack``,
+                                        ``pagerduty``); see
+                                        :mod:`cliffwatch.alerting.outbox`
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -64,3 +75,18 @@ class Keys:
     def silences(self) -> str:
         """Hash of silence id -> JSON of that silence (see :mod:`cliffwatch.alerting.silences`)."""
         return f"{self.prefix}silences"
+
+    @property
+    def leader(self) -> str:
+        """The worker leader's lease: its token, expiring unless renewed."""
+        return f"{self.prefix}leader"
+
+    @property
+    def leader_epoch(self) -> str:
+        """Integer counter, incremented by every worker that takes the lease."""
+        return f"{self.prefix}leader:epoch"
+
+    @property
+    def outbox(self) -> str:
+        """Stream of alert transitions to deliver (one consumer group per notifier)."""
+        return f"{self.prefix}outbox"

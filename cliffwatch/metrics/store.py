@@ -1,7 +1,8 @@
 """Redis access shared by the app side (writing counts) and the worker (reading them).
 
 Every method talks to Redis in one pipelined round trip (``transaction=False``: no
-MULTI/EXEC, no scripts), and every Redis failure surfaces as a
+MULTI/EXEC; the only scripts are the worker lease's compare-and-renew and
+compare-and-delete, each on one key), and every Redis failure surfaces as a
 :class:`~cliffwatch.errors.StoreError` with a one-line message that names the server but
 never its password. Key names come from :mod:`cliffwatch.metrics.keys`.
 """
@@ -16,12 +17,13 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 
 from cliffwatch.errors import ConfigError, StoreError
+from cliffwatch.metrics.connect import Client, connect
+from cliffwatch.metrics.connect import mask_url as mask_url
 from cliffwatch.metrics.keys import DEFAULT_PREFIX, Keys
 
 DEFAULT_RETENTION_S = 7200
@@ -39,29 +41,11 @@ class CountsRefused(StoreError):
     so writing the same counts again would count them twice."""
 
 
-def mask_url(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" if user else f":***@{host}"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<unparsable Redis URL>"
-
-
-def _describe(client: redis.Redis) -> str:
+def _describe(client: Client) -> str:
     """Name the server a client talks to, without credentials."""
     try:
-        kwargs = client.connection_pool.connection_kwargs
-    except AttributeError:
+        kwargs = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    except AttributeError:  # a RedisCluster has one pool per node
         return "Redis"
     if "path" in kwargs:
         return f"Redis at unix://{kwargs['path']}"
@@ -82,7 +66,8 @@ def _text(value: bytes | str) -> str:
 class Store:
     """Per-second counts, alert state and detector snapshots of metrics, in one Redis.
 
-    :param client: a ready ``redis.Redis`` (a ``fakeredis.FakeRedis`` works too); it may
+    :param client: a ready ``redis.Redis`` or ``RedisCluster`` (see
+        :mod:`cliffwatch.metrics.connect`; a ``fakeredis.FakeRedis`` works too); it may
         or may not decode responses. Nothing is sent to it until a method is called.
     :param prefix: put in front of every key (see :mod:`cliffwatch.metrics.keys`).
     :param retention_s: seconds a per-minute hash of counts lives: its EXPIRE is set when
@@ -94,7 +79,7 @@ class Store:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         prefix: str = DEFAULT_PREFIX,
         retention_s: int = DEFAULT_RETENTION_S,
     ) -> None:
@@ -127,24 +112,16 @@ class Store:
         retention_s: int = DEFAULT_RETENTION_S,
         **client_options: Any,
     ) -> Store:
-        """Build a ``Store`` over a new client for ``url`` (``redis://``, ``rediss://``,
-        ``unix://``). Does not connect: a Redis that is down is only noticed by the first
-        call that needs it.
+        """Build a ``Store`` over a new client for ``url``: ``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://``, ``redis+sentinel://`` or ``redis+twemproxy://``
+        (see :mod:`cliffwatch.metrics.connect`). Does not connect: a Redis that is down is
+        only noticed by the first call that needs it.
 
-        ``client_options`` go to ``redis.Redis.from_url`` (defaults: 2 s to connect, 5 s
-        per reply). Raises :class:`~cliffwatch.errors.ConfigError` naming the URL (password
-        masked) if it cannot be used.
+        ``client_options`` go to the client (defaults: 2 s to connect, 5 s per reply).
+        Raises :class:`~cliffwatch.errors.ConfigError` naming the URL (password masked) if
+        it cannot be used.
         """
-        if not isinstance(url, str) or not url:
-            raise ConfigError(f"Redis URL must be a non-empty string, not {url!r}")
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-        options.update(client_options)
-        try:
-            client = redis.Redis.from_url(url, **options)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(
-                f"cannot use Redis URL {mask_url(url)!r}: {_one_line(error)}"
-            ) from None
+        client = connect(url, **client_options)
         store = cls(client, prefix=prefix, retention_s=retention_s)
         store._where = f"Redis at {mask_url(url)}"
         return store
@@ -362,9 +339,102 @@ class Store:
         with self._errors("deleting silences"):
             return int(self.client.hdel(self.keys.silences, *silence_ids))
 
+    # -- the worker leader's lease (see cliffwatch.alerting.leader) -----------------
+
+    def acquire_lease(self, token: str, ttl_ms: int) -> int | None:
+        """Take the leader lease for ``token`` if nobody holds it (SET NX PX), and then a
+        new fencing epoch (INCR); return the epoch, or ``None`` if the lease is held.
+        Raises ``StoreError``."""
+        with self._errors("taking the leader lease"):
+            if not self.client.set(self.keys.leader, token, nx=True, px=ttl_ms):
+                return None
+            return int(self.client.incr(self.keys.leader_epoch))
+
+    def renew_lease(self, token: str, ttl_ms: int) -> tuple[bool, int]:
+        """Extend the lease to ``ttl_ms`` from now if ``token`` still holds it (one
+        single-key compare-and-PEXPIRE script); return (still held, newest epoch).
+        Raises ``StoreError``."""
+        with self._errors("renewing the leader lease"):
+            pipe = self.client.pipeline(transaction=False)
+            # execute_command: a cluster pipeline's eval() takes no script
+            pipe.execute_command("EVAL", _RENEW, 1, self.keys.leader, token, ttl_ms)
+            pipe.get(self.keys.leader_epoch)
+            held, epoch = pipe.execute()
+        return bool(held), int(epoch or 0)
+
+    def release_lease(self, token: str) -> bool:
+        """Delete the lease if ``token`` holds it (compare-and-DEL script); True if it
+        did. Raises ``StoreError``."""
+        with self._errors("releasing the leader lease"):
+            return bool(self.client.eval(_RELEASE, 1, self.keys.leader, token))
+
+    def lease_holder(self) -> str | None:
+        """The token holding the leader lease, or ``None``. Raises ``StoreError``."""
+        with self._errors("reading the leader lease"):
+            value = self.client.get(self.keys.leader)
+        return None if value is None else _text(value)
+
+    # -- the alert outbox (see cliffwatch.alerting.outbox) ---------------------------
+
+    def outbox_add(self, fields: Mapping[str, str], maxlen: int) -> str:
+        """Append an entry to the outbox stream (trimmed to about ``maxlen`` entries);
+        return its id. Raises ``StoreError``."""
+        with self._errors("appending to the outbox"):
+            entry: dict[Any, Any] = dict(fields)
+            entry_id = self.client.xadd(self.keys.outbox, entry, maxlen=maxlen, approximate=True)
+        return _text(entry_id)
+
+    def outbox_group(self, group: str) -> None:
+        """Create consumer group ``group`` on the outbox (and the stream), reading
+        entries added from now on; nothing if it exists. Raises ``StoreError``."""
+        try:
+            with self._errors(f"creating outbox group {group!r}"):
+                self.client.xgroup_create(self.keys.outbox, group, id="$", mkstream=True)
+        except StoreError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def outbox_read(
+        self, group: str, consumer: str, count: int, *, unacked: bool
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` outbox entries for ``group``: with ``unacked``, those read
+        before and not acknowledged (oldest first), else new ones. Raises
+        ``StoreError``."""
+        with self._errors(f"reading the outbox for {group!r}"):
+            reply: Any = self.client.xreadgroup(
+                group, consumer, {self.keys.outbox: "0" if unacked else ">"}, count=count
+            )
+        entries: list[tuple[str, dict[str, str]]] = []
+        for _stream, items in reply or []:
+            for entry_id, fields in items:
+                if fields is None:  # trimmed away while unacknowledged
+                    continue
+                entries.append(
+                    (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                )
+        return entries
+
+    def outbox_ack(self, group: str, entry_id: str) -> None:
+        """Acknowledge an outbox entry for ``group``. Raises ``StoreError``."""
+        with self._errors(f"acknowledging outbox entry {entry_id} for {group!r}"):
+            self.client.xack(self.keys.outbox, group, entry_id)
+
     def __repr__(self) -> str:
         return f"<Store {self._where} prefix={self.prefix!r}>"
 
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 _live_stores: weakref.WeakSet[Store] = weakref.WeakSet()
 
