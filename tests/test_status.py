@@ -186,7 +186,9 @@ def test_status_text_and_no_data_when_the_worker_stops(store: Store) -> None:
     assert "redis://:***@example:6379/0" in text
     assert "emitters (1): shop-1:4242" in text
     assert f"{silence_id}  payments.*  until " in text and "erin: deploy" in text
-    lines = {line.split()[0]: line for line in text.splitlines()[5:]}
+    metrics = (ORDERS, PAYMENTS, SIGNUPS, REVIEWS)
+    lines = {line.split()[0]: line for line in text.splitlines()
+             if line.split() and line.split()[0] in metrics}
     assert " firing " in lines[ORDERS] and " silenced " in lines[PAYMENTS]
     assert " warming up " in lines[SIGNUPS] and " not watched " in lines[REVIEWS]
     assert "▁" in lines[ORDERS]
@@ -215,3 +217,34 @@ def test_status_never_shows_the_redis_password() -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: PING failed on Redis at redis://:***@127.0.0.1:1/0: ")
     assert "s3cretpw" not in result.output
+
+
+def test_status_says_whether_a_worker_is_ticking(
+    store: Store, redis_url: str, prefix: str
+) -> None:
+    """The dead-man's switch: with no heartbeat ever, `status` says NOT TICKING (never);
+    right after a leader's tick it says ticking; once the heartbeat has expired or is
+    stale it says NOT TICKING with how long ago the last tick was; `--json` carries it."""
+    env = {"CLIFFWATCH_REDIS_URL": redis_url, "CLIFFWATCH_PREFIX": prefix}
+    never = CliRunner().invoke(main, ["status"], env=env)
+    assert never.exit_code == 0 and "worker: NOT TICKING (never)" in never.stdout
+    data = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)
+    assert data["worker"] == {"ticking": False, "last_tick": None, "last_tick_age_s": None}
+
+    worker, clock, _ = run_shop(store, RULES)  # ends with a tick at the wall clock
+    now = time.time()
+    beat = collect(store, now=now).worker
+    assert beat is not None and beat.ticking and beat.last_tick_age_s is not None
+    assert beat.last_tick_age_s <= 2
+    text = CliRunner().invoke(main, ["status"], env=env).stdout
+    assert "worker: ticking (last tick " in text
+    data = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)
+    assert data["worker"]["ticking"] is True
+    assert abs(data["worker"]["last_tick"] - clock.now) < 1e-6
+
+    stale = collect(store, now=clock.now + 330).worker  # the key lives, but says 5 min ago
+    assert stale is not None and not stale.ticking
+    assert stale.describe() == "NOT TICKING (last tick 5m ago)"
+    store.client.delete(store.keys.heartbeat)  # what its expiry does
+    gone = render(collect(store, now=clock.now + 30))  # the last tick was at clock.now
+    assert "worker: NOT TICKING (last tick 29s ago)" in gone, gone

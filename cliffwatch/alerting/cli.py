@@ -88,25 +88,45 @@ def main(verbose: int) -> None:
     show_default=True,
     help="Minutes of data a metric needs before it is judged (a day learns its daily cycle).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    envvar="CLIFFWATCH_METRICS_PORT",
+    show_envvar=True,
+    help="Serve the worker's own health as Prometheus /metrics on this port "
+    "(needs the cliffwatch[metrics] extra).",
+)
 @_one_line_errors
-def worker(rules_path: str, redis_url: str, prefix: str, warmup: int) -> None:
+def worker(
+    rules_path: str, redis_url: str, prefix: str, warmup: int, metrics_port: int | None
+) -> None:
     """Run the detector worker until SIGTERM or SIGINT.
 
     The first signal finishes the current tick and stops; a second exits at once.
     SIGHUP reads the rules file again: a broken file keeps the rules in force (the log
     says why); [slack] and [pagerduty] changes take effect on restart.
     """
+    from .selfmetrics import WorkerMetrics
     from .worker import Worker
 
+    monitor = WorkerMetrics() if metrics_port is not None else None  # fails early if missing
     rules = load_rules(rules_path)
     for warning in rules.warnings:
         click.echo(f"warning: {warning}", err=True)
     store = Store.from_url(redis_url, prefix=prefix)
-    w = Worker(store, rules, warmup_minutes=warmup)
+    w = Worker(store, rules, warmup_minutes=warmup, monitor=monitor)
     click.echo(
         f"cliffwatch worker: {len(rules.rules)} rules, Redis at {mask_url(redis_url)}", err=True
     )
-    w.run()
+    if monitor is not None and metrics_port is not None:
+        port = monitor.serve(metrics_port)
+        click.echo(f"cliffwatch worker: /metrics on port {port}", err=True)
+    try:
+        w.run()
+    finally:
+        if monitor is not None:
+            monitor.close()
 
 
 @main.command()

@@ -16,6 +16,7 @@ State hash fields: ``state`` (``ok`` / ``firing``), ``incident_id``, ``started_a
 good), ``channels`` (the notifiers the incident goes to), ``epoch`` (the fencing epoch of
 the worker that wrote the transition, see :mod:`cliffwatch.alerting.leader`),
 ``silenced`` (``1`` when the incident started inside a silence) and ``silence_id``,
+``reminded_at`` (epoch second of the last Slack reminder, see :meth:`Incidents.remind`),
 and the notifiers' own memo (e.g. the Slack message's ``ts``, so the resolve updates the
 same message).
 
@@ -154,6 +155,7 @@ class Incidents:
                 "resolved_at": "",
                 "silenced": 1 if silence else "",
                 "silence_id": silence.id if silence else "",
+                "reminded_at": "",
                 "channels": ",".join(channels),
                 **self._epoch(),
             },
@@ -196,6 +198,44 @@ class Incidents:
         self._announce(alert, st.get("silence_id", "?") if silenced else "")
         if not silenced:
             self.outbox.append(alert, self._channels(st))
+        return alert
+
+    def remind(
+        self, metric: str, at: int, score: float, rate: float, every: int
+    ) -> Alert | None:
+        """Queue a Slack reminder that the metric's incident is still firing, when
+        ``every`` seconds (> 0) have passed since it started or since its last reminder
+        (``reminded_at`` in the state hash, so a restarted worker keeps the rhythm);
+        return the reminder, or ``None`` when none is due. Reminders go to Slack only,
+        never to the pager (PagerDuty escalates on its own), and not for an incident
+        that started inside a silence. Raises ``StoreError``, or ``LostLeadership`` as
+        the class says."""
+        if every <= 0:
+            return None
+        st = self.state(metric)
+        if st.get("state") != "firing" or st.get("silenced") == "1":
+            return None
+        if "slack" not in self._channels(st) or "slack" not in self.outbox.channels:
+            return None
+        started = int(st.get("started_at") or at)
+        if at - int(st.get("reminded_at") or started) < every:
+            return None
+        self._check_fence(st)
+        self.store.set_state(metric, {"reminded_at": at, **self._epoch()})
+        alert = Alert(
+            metric,
+            "firing",
+            at,
+            st.get("severity", "page"),
+            score,
+            rate,
+            float(st.get("baseline", "nan")),
+            st.get("incident_id", ""),
+            started,
+            float(st.get("threshold", "-3")),
+        )
+        log.info("%s still firing after %d s: reminding Slack", metric, at - started)
+        self.outbox.append(alert, ["slack"], reminder=True)
         return alert
 
     def retry_pending(self, metrics: Sequence[str] = ()) -> None:

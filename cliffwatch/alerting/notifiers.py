@@ -53,6 +53,7 @@ __all__ = [
     "SlackNotifier",
     "escape_mrkdwn",
     "pagerduty_dedup_key",
+    "reminder_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ def _recovered(alert: Alert) -> str:
     return (
         f"is back to {_rate(alert.rate)}/s (normal {_rate(alert.baseline)}/s)"
         f" after {_duration(alert.at - alert.started_at)}"
+    )
+
+
+def reminder_text(alert: Alert) -> str:
+    """``still down: 0.4/s vs 19.8/s normal, for 30 min`` (``alert.at`` is now)."""
+    return (
+        f"still down: {_rate(alert.rate)}/s vs {_rate(alert.baseline)}/s normal,"
+        f" for {_duration(alert.at - alert.started_at)}"
     )
 
 
@@ -418,6 +427,27 @@ class SlackNotifier:
             unfurl_media=False,
         )
         return {SLACK_CHANNEL: channel, SLACK_TS: ts}
+
+    def remind(self, alert: Alert, memo: Mapping[str, str]) -> None:
+        """Say that ``alert``'s incident is still firing (:func:`reminder_text`): a reply
+        in the firing message's thread (not broadcast) when the memo has its ``ts``, else
+        a new message. Raises DeliveryError as :meth:`send` does."""
+        text = f":hourglass: {_code(alert.metric)} {reminder_text(alert)}"
+        blocks = [{"type": "section", "text": _mrkdwn(text)}]
+        if self._webhook is not None:
+            self._post_webhook(text, blocks)
+            return
+        ts = memo.get(SLACK_TS)
+        thread = {"thread_ts": ts} if ts else {}
+        self._call(
+            "chat.postMessage",
+            channel=memo.get(SLACK_CHANNEL) or self._channel,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+            **thread,
+        )
 
     def _call(self, method: str, **arguments: Any) -> SlackResponse:
         """Call a Web API method; raise DeliveryError (never chained to the SDK's error)."""

@@ -24,6 +24,11 @@ the write of that flag, once per such crash. PagerDuty folds the repeat into the
 incident (same ``dedup_key``); Slack, which has no idempotency key, shows one duplicate
 message.
 
+Reminders (an incident still firing, see :meth:`Outbox.append`) are entries of kind
+``reminder``: a channel whose notifier has a ``remind(alert, memo)`` method sends them,
+only while that incident is still the open one; they set no ``sent:`` flag, so a crash
+at the wrong moment may repeat one.
+
 Two ways to drive it: :meth:`Outbox.deliver_due` delivers in the calling thread (the
 worker on simulated time), :meth:`Outbox.start` runs one daemon thread per channel, so a
 Slack that hangs or rate-limits never delays the page.
@@ -125,6 +130,14 @@ class Outbox:
         self._opened = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.on_delivery: Callable[[str, str], None] | None = None
+        """Called with (channel, ``sent`` / ``failed`` / ``dropped``) after each try
+        (e.g. to count deliveries); it must not raise."""
+
+    def counted(self, channel: str, outcome: str) -> None:
+        """Report one delivery try of ``channel`` to :attr:`on_delivery`."""
+        if self.on_delivery is not None:
+            self.on_delivery(channel, outcome)
 
     @property
     def running(self) -> bool:
@@ -158,9 +171,12 @@ class Outbox:
                 self.store.outbox_group(name)
             self._opened = True
 
-    def append(self, alert: Alert, channels: Sequence[str]) -> str | None:
+    def append(
+        self, alert: Alert, channels: Sequence[str], *, reminder: bool = False
+    ) -> str | None:
         """Queue ``alert`` for ``channels``; return the entry id (``None`` if there is no
-        channel to send it to). Raises ``StoreError``."""
+        channel to send it to). With ``reminder``, the entry reminds that the incident
+        of ``alert`` is still firing. Raises ``StoreError``."""
         channels = [c for c in channels if c in self.channels]
         if not channels:
             return None
@@ -173,6 +189,7 @@ class Outbox:
                 "epoch": str(self.epoch),
                 "channels": ",".join(channels),
                 "alert": json.dumps(alert.to_json()),
+                **({"kind": "reminder"} if reminder else {}),
             },
             MAXLEN,
         )
@@ -345,6 +362,8 @@ class _Channel:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("dropping unreadable outbox entry %r: %s", dict(fields), exc)
             return "done"
+        if fields.get("kind") == "reminder":
+            return self._remind(alert)
         st = self.outbox.store.get_state(alert.metric)
         current = st.get("incident_id") == alert.incident_id
         flag = f"sent:{self.name}:{alert.state}"
@@ -357,6 +376,7 @@ class _Channel:
             if not is_permanent(exc):
                 log.warning("delivering %s of %s to %s failed: %s",
                             alert.state, alert.metric, self.name, exc)
+                self.outbox.counted(self.name, "failed")
                 return "retry"
             log.error("dropping %s of %s for %s, refused: %s",
                       alert.state, alert.metric, self.name, exc)
@@ -364,10 +384,40 @@ class _Channel:
         except Exception:  # a notifier bug must not stop delivery of the others
             log.exception("delivering %s of %s to %s failed", alert.state, alert.metric,
                           self.name)
+            self.outbox.counted(self.name, "failed")
             return "retry"
         else:
             sent = "1"
+        self.outbox.counted(self.name, "sent" if sent == "1" else "dropped")
         self.outbox.record(alert.metric, alert.incident_id, channels, {**update, flag: sent})
+        return "done"
+
+    def _remind(self, alert: Alert) -> str:
+        """Send a reminder entry: only while its incident is still the open one, and only
+        through a notifier that has ``remind``."""
+        st = self.outbox.store.get_state(alert.metric)
+        remind = getattr(self.notifier, "remind", None)
+        if remind is None or st.get("incident_id") != alert.incident_id:
+            return "done"
+        if st.get("state") != "firing":
+            return "done"  # resolved since: nothing to remind of
+        memo = {k: v for k, v in st.items() if not k.startswith("sent:")}
+        try:
+            remind(alert, memo)
+        except DeliveryError as exc:
+            if not is_permanent(exc):
+                log.warning("reminder of %s to %s failed: %s", alert.metric, self.name, exc)
+                self.outbox.counted(self.name, "failed")
+                return "retry"
+            log.error("dropping reminder of %s for %s, refused: %s",
+                      alert.metric, self.name, exc)
+            self.outbox.counted(self.name, "dropped")
+            return "done"
+        except Exception:  # a notifier bug must not stop delivery of the others
+            log.exception("reminder of %s to %s failed", alert.metric, self.name)
+            self.outbox.counted(self.name, "failed")
+            return "retry"
+        self.outbox.counted(self.name, "sent")
         return "done"
 
 

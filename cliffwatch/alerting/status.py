@@ -1,5 +1,6 @@
-"""What ``cliffwatch status`` shows: every metric Redis knows, the apps flushing to it, and
-the active silences, gathered in a few round trips and rendered as text or JSON.
+"""What ``cliffwatch status`` shows: every metric Redis knows, the apps flushing to it (and
+the events they dropped, by reason), and the active silences, gathered in a few round
+trips and rendered as text or JSON.
 
 A metric's status is one of:
 
@@ -32,6 +33,9 @@ from .silences import Silence, Silences, first_covering, human_duration, iso
 NO_DATA_AFTER_S = 12
 """A worker writes each metric's status every 5 s, about a second behind the clock: a
 status older than this means the worker has stopped."""
+
+NOT_TICKING_AFTER_S = 10
+"""A worker heartbeat older than this (or gone: its key expires) means no worker ticks."""
 
 SPARK_MINUTES = 10
 """Minutes of per-minute rates in the sparkline."""
@@ -81,6 +85,34 @@ class Emitter:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """The dead-man's switch: whether a leader worker is ticking, from its heartbeat."""
+
+    ticking: bool
+    last_tick: float | None
+    """Epoch of the last tick any leader worker recorded; ``None``: never."""
+    last_tick_age_s: int | None
+
+    def describe(self) -> str:
+        """``ticking (last tick 1 s ago)``, ``NOT TICKING (last tick 5 min ago)`` or
+        ``NOT TICKING (never)``."""
+        if self.last_tick_age_s is None:
+            return "NOT TICKING (never)"
+        ago = f"last tick {human_duration(self.last_tick_age_s)} ago"
+        return f"ticking ({ago})" if self.ticking else f"NOT TICKING ({ago})"
+
+
+def worker_beat(store: Store, at: float) -> WorkerBeat:
+    """Read the leader worker's heartbeat as of epoch ``at``: ticking while the
+    heartbeat key lives and is at most :data:`NOT_TICKING_AFTER_S` old. Raises
+    :class:`~cliffwatch.errors.StoreError` if Redis fails."""
+    alive, last = store.heartbeat()
+    age = None if last is None else max(0, math.floor(at - last))
+    ticking = alive is not None and at - alive <= NOT_TICKING_AFTER_S
+    return WorkerBeat(ticking, last, age)
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     """Everything ``cliffwatch status`` shows, as of epoch second ``at``."""
 
@@ -88,6 +120,11 @@ class Overview:
     metrics: list[MetricStatus]
     emitters: list[Emitter] = field(default_factory=list)
     silences: list[Silence] = field(default_factory=list)
+    drops: dict[str, int] = field(default_factory=dict)
+    """Events the apps could not deliver, by reason, summed over all apps and all time
+    (see :mod:`cliffwatch.metrics.counter`)."""
+    worker: WorkerBeat | None = None
+    """Whether a leader worker is ticking (``None``: not read)."""
 
     def to_json(self) -> dict[str, Any]:
         """The overview as a JSON-ready dict (what ``status --json`` prints)."""
@@ -95,6 +132,8 @@ class Overview:
             "at": self.at,
             "at_iso": iso(self.at),
             "emitters": [asdict(e) for e in self.emitters],
+            "drops": dict(self.drops),
+            "worker": None if self.worker is None else asdict(self.worker),
             "silences": [
                 {
                     **s.to_json(),
@@ -138,7 +177,7 @@ def collect(store: Store, now: float | None = None) -> Overview:
     """Gather the overview from ``store`` as of ``now`` (default: the wall clock).
 
     Reads the metric names, their state hashes, the last :data:`SPARK_MINUTES` minutes of
-    counts, the emitters and the silences (deleting ended silences). Raises
+    counts, the emitters, the apps' drop counts and the silences (deleting ended silences). Raises
     :class:`~cliffwatch.errors.StoreError` if Redis fails.
     """
     at = math.floor(time.time() if now is None else now)
@@ -157,7 +196,7 @@ def collect(store: Store, now: float | None = None) -> Overview:
         (Emitter(name, last, max(0, at - last)) for name, last in store.emitters().items()),
         key=lambda e: e.name,
     )
-    return Overview(at, rows, emitters, silences)
+    return Overview(at, rows, emitters, silences, store.drops(), worker_beat(store, at))
 
 
 def _metric_status(
@@ -219,14 +258,21 @@ def _int(text: str | None) -> int | None:
 
 def render(overview: Overview, source: str = "") -> str:
     """The overview as text for a terminal: a header (``source``, the emitters and their
-    last flush, the active silences), then one line per metric."""
+    last flush, the events they dropped if any, the active silences), then one line per
+    metric."""
     at = overview.at
     lines = [f"cliffwatch status  {iso(at)}" + (f"  {source}" if source else "")]
+    if overview.worker is not None:
+        lines.append(f"worker: {overview.worker.describe()}")
     if overview.emitters:
         shown = ", ".join(f"{e.name} {human_duration(e.age_s)} ago" for e in overview.emitters)
         lines.append(f"emitters ({len(overview.emitters)}): {shown}")
     else:
         lines.append("emitters: none has flushed")
+    drops = {reason: n for reason, n in sorted(overview.drops.items()) if n}
+    if drops:
+        shown = ", ".join(f"{reason} {n}" for reason, n in drops.items())
+        lines.append(f"dropped by apps: {sum(drops.values())} events ({shown})")
     if overview.silences:
         lines.append(f"silences ({len(overview.silences)}):")
         for s in overview.silences:

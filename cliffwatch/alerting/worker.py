@@ -21,6 +21,16 @@ delivers them (through the outbox, :mod:`cliffwatch.alerting.outbox`, one delive
 thread per notifier); a follower ticks and learns like the leader, so when it takes over
 it compares what its detector says with the open incidents and carries on. A worker
 driven by ``tick()`` without a ``leader`` acts alone and delivers in the ticking thread.
+
+While an incident is still firing, the leader reminds Slack (never the pager) every
+``[defaults] reminder`` of the rules (30 min unless set; ``"0"``: never); see
+:meth:`~cliffwatch.alerting.incidents.Incidents.remind`.
+
+Dead-man's switch: after every tick the acting worker writes its heartbeat
+(``Pworker:heartbeat``, expiring after :data:`HEARTBEAT_TTL_S`); ``cliffwatch status``
+says ``NOT TICKING`` when it is gone, and a follower logs a warning (it takes over
+through the leader lease on its own). With a :class:`~.selfmetrics.WorkerMetrics`
+(``monitor``) every tick is also recorded as Prometheus series.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from .blind import BLIND_METRIC, BlindWatch
 from .incidents import Incidents, Route
 from .leader import Leader, LostLeadership
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
+from .selfmetrics import WorkerMetrics
 from .silences import Silences
 
 log = logging.getLogger("cliffwatch.worker")
@@ -56,6 +67,8 @@ SNAPSHOT_EVERY_S = 300
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
 STATUS_EVERY_S = 5
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
+HEARTBEAT_TTL_S = 10.0
+"""The heartbeat key expires this long after the last tick: then nobody is ticking."""
 
 
 def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
@@ -87,6 +100,8 @@ class Worker:
     :param on_alert: called with every alert as it is decided.
     :param leader: the election this worker takes part in; ``None``: it acts alone (and
         :meth:`run` makes one).
+    :param monitor: where to record the worker's own health (ticks, lag, alerts,
+        deliveries, leadership); ``None``: nowhere.
     """
 
     def __init__(
@@ -100,6 +115,7 @@ class Worker:
         warmup_minutes: int = WARMUP_MINUTES,
         on_alert: Callable[[Alert], None] | None = None,
         leader: Leader | None = None,
+        monitor: WorkerMetrics | None = None,
     ) -> None:
         if watermark < 0 or not math.isfinite(watermark):
             raise ConfigError(f"watermark must be a number of seconds >= 0, not {watermark!r}")
@@ -117,6 +133,10 @@ class Worker:
             fence=leader,
         )
         self.leader = leader
+        self.monitor = monitor
+        if monitor is not None:
+            self.incidents.outbox.on_delivery = monitor.delivery
+        self._leader_silent = False  # a follower has noticed the leader's heartbeat is gone
         self._acting = False  # leads, and has taken over the open incidents
         self.metrics: list[str] = []
         self.rule_of: list[Rule] = []
@@ -141,8 +161,43 @@ class Worker:
         self._follow_leader()
 
     def tick(self, now: float | None = None) -> list[Alert]:
-        """Judge every second closed since the last tick; return the alerts decided."""
+        """Judge every second closed since the last tick; return the alerts decided.
+
+        Then the acting worker writes its heartbeat, and a follower checks the leader's.
+        Raises :class:`~cliffwatch.errors.StoreError` if Redis fails."""
         now = self.clock() if now is None else now
+        started = time.perf_counter()
+        alerts = self._tick(now)
+        if self._acting:
+            self.store.beat(now, int(HEARTBEAT_TTL_S * 1000))
+        else:
+            self._check_heartbeat(now)
+        if self.monitor is not None:
+            nxt = self.detector.next_second
+            lag = None if nxt is None else max(0.0, now - nxt)
+            self.monitor.ticked(
+                time.perf_counter() - started, lag, len(self.metrics), self._acting, alerts
+            )
+        return alerts
+
+    def _check_heartbeat(self, now: float) -> None:
+        """As a follower, log once when the leader's heartbeat is gone (and once when it
+        is back); taking over is the leader lease's business."""
+        try:
+            alive, last = self.store.heartbeat()
+        except CliffwatchError:
+            return
+        if alive is not None:
+            if self._leader_silent:
+                log.warning("the leader worker's heartbeat is back")
+            self._leader_silent = False
+            return
+        if not self._leader_silent:
+            since = "never" if last is None else f"last tick {now - last:.0f} s ago"
+            log.warning("no heartbeat from a leader worker (%s): nobody is ticking", since)
+            self._leader_silent = True
+
+    def _tick(self, now: float) -> list[Alert]:
         end = self._closed_end(now)  # seconds before this are judged
         alerts: list[Alert] = []
         if self._reload.is_set():
@@ -158,6 +213,7 @@ class Worker:
         if end > start:
             counts = self.store.read_counts(self.metrics, start, end)
             alerts += self._apply(self.detector.update(counts, start))
+        self._remind(end)
         self.incidents.retry_pending(self.metrics)
         if self._acting:  # a follower decides nothing
             alerts += self.blind.check(now, end, self.metrics, self.detector.baseline)
@@ -199,6 +255,8 @@ class Worker:
                     self.tick()
                 except CliffwatchError as exc:  # Redis away: say so, try again next tick
                     log.error("tick failed: %s", exc)
+                    if self.monitor is not None:
+                        self.monitor.tick_errors.inc()
                 now = self.clock()
                 self._stop.wait(1.0 - now % 1.0 + TICK_PHASE_S)  # just after the flushes
         finally:
@@ -440,6 +498,24 @@ class Worker:
             log.warning("stopped deciding: %s", exc)
             self._acting = False
         return out
+
+    def _remind(self, at: int) -> None:
+        """Queue Slack reminders of the incidents still firing at second ``at`` (as the
+        rules' ``reminder`` says); nothing on a follower."""
+        every = self.rules.reminder_s
+        if not self._acting or every <= 0 or not self.metrics:
+            return
+        det = self.detector
+        try:
+            for i in np.flatnonzero(det.firing):
+                reminder = self.incidents.remind(
+                    self.metrics[i], at, float(det.score[i]), float(det.rate[i]), every
+                )
+                if reminder is not None and self.monitor is not None:
+                    self.monitor.reminders.inc()
+        except LostLeadership as exc:
+            log.warning("stopped deciding: %s", exc)
+            self._acting = False
 
     def _decide(self, transitions: list[Transition], out: list[Alert]) -> None:
         for t in transitions:

@@ -24,6 +24,17 @@ these reasons:
 ``redis_refused``     Redis answered but refused the write (see ``CountsRefused``)
 ``shutdown``          Redis failed during the final flush
 ``closed``            added after the final flush (racing a ``shutdown()``)
+
+Drops are also added to Redis (the ``drops`` hash, see :mod:`cliffwatch.metrics.keys`)
+by the next flush that reaches Redis, so ``cliffwatch status`` shows them; ``shutdown``
+and ``closed`` drops happen when no flush follows, so they stay local.
+
+Clock: events are bucketed by the *server clock*: the local clock plus the offset to the
+Redis server's clock that the flusher measures (``TIME``, every 30 s, see
+:class:`~cliffwatch.metrics.flusher.ServerClock`). Every app process therefore puts an
+event in the same second, and stamps its flushes in ``emitters`` on the same clock as
+the worker reads them, however far (up to a day) its host's clock is off. Until the
+first measurement the offset is 0; while Redis is away the last one is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -39,7 +51,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from cliffwatch.errors import ConfigError, StoreError
-from cliffwatch.metrics.flusher import Flusher
+from cliffwatch.metrics.flusher import Flusher, ServerClock
 from cliffwatch.metrics.store import CountsRefused, Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +92,13 @@ class _Second:
             self.counts[name] = self.counts.get(name, 0) + count
         if other.fill and other.fill is not self.fill:
             self.fill = tuple(sorted(set(self.fill) | set(other.fill)))
+
+
+def _counted(counts: dict[str, int]) -> _Second:
+    """A closed second holding ``counts`` (zeros included), nothing to zero-fill."""
+    second = _Second()
+    second.counts = dict(counts)
+    return second
 
 
 def _merge(into: defaultdict[str, int], counts: dict[str, int]) -> None:
@@ -123,6 +142,9 @@ class Counter:
     :param flush_interval: seconds between flushes, aligned on the clock's boundaries.
     :param max_buffered_seconds: closed seconds kept in memory while Redis is unreachable;
         the oldest beyond that are dropped (counted as ``buffer_full``).
+    :param sync_clock: correct ``clock`` by the offset to the Redis server's clock. The
+        default, ``None``, does so for the wall clock (``time.time``) and trusts any other
+        clock as it is (a simulated clock in tests).
 
     Raises :class:`~cliffwatch.errors.ConfigError` for a bad argument. No method raises
     because Redis fails: failures are logged on the ``cliffwatch`` logger and retried.
@@ -137,6 +159,7 @@ class Counter:
         clock: Callable[[], float] = time.time,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL_S,
         max_buffered_seconds: int = DEFAULT_MAX_BUFFERED_SECONDS,
+        sync_clock: bool | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise ConfigError(f"store must be a cliffwatch Store, not {store!r}")
@@ -160,13 +183,22 @@ class Counter:
             )
         self.store = store
         self._clock = clock
+        self._offset = 0.0  # added to clock(): the offset to the Redis server's clock
+        self._server_clock = ServerClock(clock, store.server_time)
+        if sync_clock is None:
+            sync_clock = clock is time.time
         self._max_buffered = max_buffered_seconds
         self._flusher = Flusher(
-            self.flush, self._final_flush, clock=clock, interval=float(flush_interval)
+            self.flush,
+            self._final_flush,
+            clock=self.now,
+            interval=float(flush_interval),
+            sync=self._sync_clock if sync_clock else None,
         )
         self._known: dict[str, int] = {}  # metric -> first second it is zero-filled in
         self._fill_cache: tuple[tuple[str, ...], int] | None = None
         self._dropped: dict[str, int] = {}
+        self._unreported: dict[str, int] = {}  # drops not yet added to Redis
         self._started = False
         self._closed = False
         self._reset_state()
@@ -190,12 +222,12 @@ class Counter:
     def add(self, name: str, count: int = 1) -> None:
         """Count ``count`` events of metric ``name`` in the current second of the clock.
 
-        O(1), no I/O: one clock read and a dict increment under the calling thread's own
-        lock. Neither ``name`` nor ``count`` is checked here (the bus does that). A count
-        that is not a non-negative integer spoils that metric's second, which is dropped
-        when closed (``bad_count``).
+        O(1), no I/O: one clock read (plus the server-clock offset) and a dict increment
+        under the calling thread's own lock. Neither ``name`` nor ``count`` is checked
+        here (the bus does that). A count that is not a non-negative integer spoils that
+        metric's second, which is dropped when closed (``bad_count``).
         """
-        now = self._clock()
+        now = self._clock() + self._offset
         try:
             slot = self._local.slot
         except AttributeError:  # this thread's first event
@@ -253,14 +285,14 @@ class Counter:
         while len(self._open) + (current not in self._open) > self._max_buffered:
             oldest = self._open.pop(min(s for s in self._open if s != current))
             lost = sum(v for v in oldest.values() if isinstance(v, int))
-            self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
+            self._count_drop("buffer_full", lost)
 
     # -- registry and introspection -------------------------------------------------
 
     def register(self, name: str) -> None:
         """Make metric ``name`` known: from the next second on, while the flusher runs,
         each closed second gets a field for it, ``0`` if nothing was counted."""
-        first = math.floor(self._clock()) + 1
+        first = math.floor(self.now()) + 1
         with self._lock:
             if name not in self._known:
                 self._known[name] = first
@@ -271,7 +303,27 @@ class Counter:
     def record_drop(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events dropped for ``reason`` (see the module docstring)."""
         with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + count
+            self._count_drop(reason, count)
+
+    def _count_drop(self, reason: str, count: int) -> None:
+        """Count a drop here and for the next flush to add to Redis. Holds ``_lock``."""
+        self._dropped[reason] = self._dropped.get(reason, 0) + count
+        self._unreported[reason] = self._unreported.get(reason, 0) + count
+
+    def now(self) -> float:
+        """The counter's clock: ``clock()`` plus the offset to the Redis server's clock."""
+        return self._clock() + self._offset
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds added to ``clock()`` to get the Redis server's clock (0 until measured)."""
+        return self._offset
+
+    def _sync_clock(self) -> bool:
+        """Measure the offset to the Redis server's clock (in the flusher thread)."""
+        ok = self._server_clock.sync()
+        self._offset = self._server_clock.offset
+        return ok
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -314,14 +366,20 @@ class Counter:
 
     def start(self) -> None:
         """Start zero-filling (from the next full second) and the background flusher.
-        Does nothing if already started, or after :meth:`close`."""
+        Does nothing if already started, or after :meth:`close`.
+
+        Called in the main thread of a process that leaves SIGTERM to its default action
+        (dying at once), it also installs a SIGTERM handler that first writes what every
+        counter holds (waiting at most :data:`SIGTERM_FLUSH_S` in all), then dies of the
+        signal as before. A handler the app installed is never replaced."""
         with self._lock:
             if self._closed:
                 return
             self._started = True
             if self._fill_next is None:
-                self._fill_next = math.floor(self._clock()) + 1
+                self._fill_next = math.floor(self.now()) + 1
         self._flusher.start()
+        _flush_on_sigterm()
 
     def close(self, timeout: float = 2.0) -> bool:
         """Write everything counted (the current second too) and stop the flusher,
@@ -342,6 +400,7 @@ class Counter:
     def _after_fork_in_child(self) -> None:
         self._reset_state()
         self._dropped = {}
+        self._unreported = {}
         self._flusher.reset_after_fork()
         self._restart_due = self._started and not self._closed
 
@@ -354,7 +413,7 @@ class Counter:
         Called by the flusher thread; callable directly (calls are serialized).
         """
         with self._flush_lock:
-            now = math.floor(self._clock())
+            now = math.floor(self.now())
             self._collect(now, final=False)
             with self._lock:
                 self._close_seconds(now, final=False)
@@ -362,7 +421,7 @@ class Counter:
 
     def _final_flush(self) -> None:
         with self._flush_lock:
-            now = math.floor(self._clock())
+            now = math.floor(self.now())
             self._collect(now, final=True)
             with self._lock:
                 self._close_seconds(now, final=True)
@@ -375,7 +434,7 @@ class Counter:
                 lost = sum(second.events() for second in self._pending.values())
                 self._pending.clear()
                 if lost:
-                    self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + lost
+                    self._count_drop("shutdown", lost)
             if lost:
                 log.warning("cliffwatch: %d events not written at shutdown: %s", lost, error)
 
@@ -429,7 +488,7 @@ class Counter:
             bucket = self._open.pop(second)
             for name, count in bucket.items():
                 if not (isinstance(count, int) and count >= 0):
-                    self._dropped["bad_count"] = self._dropped.get("bad_count", 0) + 1
+                    self._count_drop("bad_count", 1)
                     continue
                 # A partial second (the one the process started or stopped in) would read
                 # as a drop: its events go to the nearest full second instead.
@@ -457,7 +516,7 @@ class Counter:
         for second in sorted(self._pending)[:excess]:
             lost += self._pending.pop(second).events()
         if lost:
-            self._dropped["buffer_full"] = self._dropped.get("buffer_full", 0) + lost
+            self._count_drop("buffer_full", lost)
 
     def _take_batch(self) -> list[tuple[int, _Second]]:
         """Remove and return the oldest pending seconds, about one round trip's worth."""
@@ -472,6 +531,12 @@ class Counter:
                 fields += len(entry.fill) + len(entry.counts)
         return batch
 
+    def _unreport(self, drops: dict[str, int]) -> None:
+        """Put back drops a failed flush did not add to Redis."""
+        with self._lock:
+            for reason, count in drops.items():
+                self._unreported[reason] = self._unreported.get(reason, 0) + count
+
     def _requeue(self, batch: list[tuple[int, _Second]]) -> None:
         with self._lock:
             for second, entry in batch:
@@ -484,18 +549,38 @@ class Counter:
             self._trim()
 
     def _deliver(self, now: int, *, final: bool = False) -> StoreError | None:
-        """Write the pending seconds, one round trip per batch; return the error that
-        stopped it (the seconds not written stay pending), if any. Holds ``_flush_lock``."""
-        while batch := self._take_batch():
+        """Write the pending seconds, one round trip per batch, the drops not yet reported
+        with the first; return the error that stopped it (the seconds not written stay
+        pending, the drops unreported), if any. Holds ``_flush_lock``."""
+        with self._lock:
+            drops, self._unreported = self._unreported, {}
+        while (batch := self._take_batch()) or drops:
             seconds = {second: entry.fields() for second, entry in batch}
             try:
-                self.store.write_counts(seconds, emitter=self._emitter, now=now)
+                self.store.write_counts(seconds, emitter=self._emitter, now=now, drops=drops)
+                drops = {}
             except CountsRefused as error:
-                lost = sum(entry.events() for _, entry in batch)
+                drops = {}
+                self._unreport(error.refused_drops)
+                if error.transient:  # out of memory, read-only...: retry what was refused
+                    self._requeue(
+                        [(second, _counted(counts)) for second, counts in error.refused.items()]
+                    )
+                    if not self._failing and not final:
+                        self._failing = True
+                        log.warning(
+                            "cliffwatch: Redis refused counts for now (%s); keeping up to %d s "
+                            "of counts in memory and retrying",
+                            error,
+                            self._max_buffered,
+                        )
+                    return error
+                lost = sum(sum(counts.values()) for counts in error.refused.values())
                 self.record_drop("redis_refused", lost)
                 log.error("cliffwatch: %d events lost: %s", lost, error)
             except StoreError as error:
                 self._requeue(batch)
+                self._unreport(drops)
                 if not self._failing and not final:
                     self._failing = True
                     log.warning(
@@ -507,6 +592,7 @@ class Counter:
                 return error
             except Exception:
                 self._requeue(batch)
+                self._unreport(drops)
                 raise
         if self._failing:
             self._failing = False
@@ -518,6 +604,30 @@ class Counter:
 
 
 _live_counters: weakref.WeakSet[Counter] = weakref.WeakSet()
+
+SIGTERM_FLUSH_S = 2.0
+"""At SIGTERM, the longest wait for the final flush before the process dies."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Write what every counter holds (bounded), then die of SIGTERM as by default."""
+    deadline = time.monotonic() + SIGTERM_FLUSH_S
+    for counter in list(_live_counters):
+        counter.close(timeout=max(0.0, deadline - time.monotonic()))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush_on_sigterm() -> None:
+    """Install :func:`_on_sigterm` if SIGTERM has its default action and this is the main
+    thread (the only one that may set handlers); otherwise do nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter, or no signals here
+        pass
 
 
 def _after_fork_in_child() -> None:

@@ -1,14 +1,23 @@
-"""The background thread that calls a flush function just after each second boundary.
+"""The background thread that calls a flush function just after each second boundary,
+and the offset to the Redis server's clock that it keeps measuring.
 
-It is started on demand, is a daemon (it never keeps the process alive), is named
+The thread is started on demand, is a daemon (it never keeps the process alive), is named
 ``cliffwatch-flusher``, backs off exponentially (capped) while the flush function
-fails, and calls a final function once when stopped.
+fails, and calls a final function once when stopped. When given a ``sync`` function it
+calls it when it starts and then every :data:`SYNC_EVERY_S` seconds (every
+:data:`SYNC_RETRY_S` after a failure), before a flush.
+
+:class:`ServerClock` turns samples of the Redis server's ``TIME`` into an offset to add
+to the local clock, so every app process buckets events by one clock (the server's),
+however far (within :data:`MAX_OFFSET_S`) its own host clock is off.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -25,9 +34,85 @@ BACKOFF_CAP_S = 30.0
 """...up to this."""
 
 
+SYNC_EVERY_S = 30.0
+"""Seconds between two measurements of the offset to the Redis server's clock..."""
+
+SYNC_RETRY_S = 5.0
+"""...or after a measurement that failed (Redis away, or a round trip too slow)."""
+
+MAX_RTT_S = 0.25
+"""A ``TIME`` round trip slower than this is not used: its midpoint is too uncertain."""
+
+MAX_OFFSET_S = 86_400.0
+"""An offset beyond a day is taken as a broken sample (or clock), never applied."""
+
+STEP_S = 1.0
+"""A sample this far from the current offset means the host clock was stepped: it is
+taken at once. Closer samples are smoothed (weight :data:`SMOOTHING`)."""
+
+SMOOTHING = 0.25
+
+
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive failed flushes (``failures >= 1``)."""
     return min(BACKOFF_FIRST_S * 2.0 ** min(failures - 1, 32), BACKOFF_CAP_S)
+
+
+class ServerClock:
+    """The offset from a local clock to the Redis server's clock, from ``TIME`` samples.
+
+    :param local: the local epoch clock the offset is added to.
+    :param server_time: one round trip to Redis returning its epoch time (``TIME``);
+        raises when Redis fails.
+
+    :attr:`offset` is ``0.0`` until a first good sample, then the smoothed offset; a
+    failed or implausible sample keeps the last good one. :meth:`sync` never raises.
+    """
+
+    def __init__(self, local: Callable[[], float], server_time: Callable[[], float]) -> None:
+        self._local = local
+        self._server_time = server_time
+        self.offset = 0.0
+        self.synced = False
+        self.last_rtt: float | None = None
+        self._warned = False
+
+    def sample(self) -> tuple[float, float]:
+        """One measurement: (offset, round trip), the server's time taken to be that of
+        the midpoint of the round trip. Raises whatever ``server_time`` raises."""
+        before = self._local()
+        started = time.perf_counter()
+        server = self._server_time()
+        rtt = time.perf_counter() - started
+        return server - (before + rtt / 2), rtt
+
+    def sync(self) -> bool:
+        """Measure once and update :attr:`offset`; return ``True`` if the sample was used.
+        A failure is logged at debug level only (the flush reports Redis being away)."""
+        try:
+            offset, rtt = self.sample()
+        except Exception as error:
+            log.debug("cliffwatch: cannot read the Redis clock: %s", error)
+            return False
+        if rtt > MAX_RTT_S or not math.isfinite(offset):
+            return False
+        if abs(offset) > MAX_OFFSET_S:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "cliffwatch: this host's clock is %.0f s away from Redis's; not "
+                    "correcting it (more than %.0f s means a broken clock)",
+                    -offset,
+                    MAX_OFFSET_S,
+                )
+            return False
+        if not self.synced or abs(offset - self.offset) >= STEP_S:
+            self.offset = offset
+        else:
+            self.offset += SMOOTHING * (offset - self.offset)
+        self.synced = True
+        self.last_rtt = rtt
+        return True
 
 
 class Flusher:
@@ -39,6 +124,9 @@ class Flusher:
         logged.
     :param clock: epoch seconds; decides where the boundaries are. The thread sleeps on
         the wall clock, at most ``interval`` (plus a few ms) at a time.
+    :param sync: called in the thread when it starts and every :data:`SYNC_EVERY_S`
+        seconds (:data:`SYNC_RETRY_S` after it returned ``False``), before a flush; if it
+        raises, the error is logged.
     """
 
     def __init__(
@@ -48,8 +136,10 @@ class Flusher:
         *,
         clock: Callable[[], float],
         interval: float,
+        sync: Callable[[], bool] | None = None,
     ) -> None:
         self._flush = flush
+        self._sync = sync
         self._final = final
         self._clock = clock
         self._interval = interval
@@ -111,13 +201,28 @@ class Flusher:
             return interval
         return min(max(interval - into, 0.0), interval) + WAKE_LAG_S
 
+    def _maybe_sync(self, due: float) -> float:
+        """Call ``sync`` if ``due`` (monotonic) has come; return when it is due next."""
+        sync = self._sync
+        now = time.monotonic()
+        if sync is None or now < due:
+            return due
+        try:
+            ok = sync()
+        except Exception:
+            log.exception("cliffwatch: measuring the Redis clock failed unexpectedly")
+            ok = False
+        return now + (SYNC_EVERY_S if ok else SYNC_RETRY_S)
+
     def _run(self) -> None:
         stop = self._stop
         failures = 0
+        sync_due = self._maybe_sync(-math.inf)
         while True:
             delay = backoff_delay(failures) if failures else self._delay()
             if stop.wait(delay):
                 break
+            sync_due = self._maybe_sync(sync_due)
             try:
                 done = self._flush()
             except Exception:

@@ -3,7 +3,8 @@
 All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts them in
 one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
 no script touches more than one key. The few keys shared by all metrics (``Pmetrics``,
-``Pemitters``, ``Psilences``, ``Pleader``, ``Pleader:epoch``, ``Poutbox``) are each one
+``Pemitters``, ``Pdrops``, ``Psilences``, ``Pleader``, ``Pleader:epoch``, ``Poutbox``,
+``Pworker:heartbeat``, ``Pworker:last_tick``) are each one
 key, read and written on its own; in Redis Cluster each lives in its own slot, so the
 worker's outbox (one stream) sits on one shard, which is ample for alert traffic.
 
@@ -19,6 +20,10 @@ key                             type    holds
 ``P{m}:detector``               string  the detector's learnt state for the metric
 ``Pmetrics``                    set     every metric name any app has flushed
 ``Pemitters``                   hash    ``<host>:<pid>`` -> epoch second of its last flush
+                                        (on the Redis server's clock: apps correct theirs)
+``Pdrops``                      hash    drop reason -> events the apps could not deliver
+                                        (HINCRBY by each app's flush; see
+                                        :mod:`cliffwatch.metrics.counter` for reasons)
 ``Psilences``                   hash    silence id -> JSON of one silence (metric glob,
                                         start, end, reason, who); expired ones are
                                         deleted by whoever reads them next
@@ -31,6 +36,11 @@ key                             type    holds
                                         consumer group per notifier (``slack``,
                                         ``pagerduty``); see
                                         :mod:`cliffwatch.alerting.outbox`
+``Pworker:heartbeat``           string  epoch of the leader worker's last tick, with a
+                                        PX expiry of a few seconds: the dead-man's
+                                        switch (gone: no worker is ticking)
+``Pworker:last_tick``           string  the same epoch without expiry, so ``cliffwatch
+                                        status`` can say how long ago it stopped
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -72,6 +82,11 @@ class Keys:
         return f"{self.prefix}emitters"
 
     @property
+    def drops(self) -> str:
+        """Hash of drop reason -> events the apps dropped for it, summed over all apps."""
+        return f"{self.prefix}drops"
+
+    @property
     def silences(self) -> str:
         """Hash of silence id -> JSON of that silence (see :mod:`cliffwatch.alerting.silences`)."""
         return f"{self.prefix}silences"
@@ -90,3 +105,13 @@ class Keys:
     def outbox(self) -> str:
         """Stream of alert transitions to deliver (one consumer group per notifier)."""
         return f"{self.prefix}outbox"
+
+    @property
+    def heartbeat(self) -> str:
+        """Epoch of the leader worker's last tick, expiring unless it ticks again."""
+        return f"{self.prefix}worker:heartbeat"
+
+    @property
+    def last_tick(self) -> str:
+        """Epoch of the leader worker's last tick (no expiry)."""
+        return f"{self.prefix}worker:last_tick"

@@ -35,10 +35,46 @@ _MAX_COMMANDS_PER_ROUND_TRIP = 50_000
 _SECONDS_PER_MINUTE = 60
 
 
+_TRANSIENT_REFUSALS = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN",
+                       "CLUSTERDOWN", "NOREPLICAS")
+"""Error replies that say "not now" (out of memory, a replica after failover, loading)..."""
+
+_TRANSIENT_ERRORS = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+"""...as redis-py raises them (it strips the code from the message)."""
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, _TRANSIENT_ERRORS) or str(error).startswith(_TRANSIENT_REFUSALS)
+
+
 class CountsRefused(StoreError):
     """Redis answered a :meth:`Store.write_counts` round trip but refused some of its
     commands (a key of the wrong type, out of memory). The accepted commands are applied,
-    so writing the same counts again would count them twice."""
+    so writing the same counts again would count them twice.
+
+    ``refused`` holds the counts Redis did not apply (second -> metric -> count) and
+    ``refused_drops`` the drop counts it did not apply; ``transient`` is true when every
+    refusal says "not now" (OOM, READONLY, LOADING, BUSY...), so writing exactly those
+    again later counts nothing twice."""
+
+    def __init__(
+        self,
+        message: str,
+        refused: dict[int, dict[str, int]] | None = None,
+        refused_drops: dict[str, int] | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.refused = refused or {}
+        self.refused_drops = refused_drops or {}
+        self.transient = transient
 
 
 def _describe(client: Client) -> str:
@@ -148,8 +184,9 @@ class Store:
         emitter: str | None = None,
         *,
         now: int | None = None,
+        drops: Mapping[str, int] | None = None,
     ) -> None:
-        """Add per-second counts to Redis in one pipelined round trip.
+        """Add per-second counts (and drop counts) to Redis in one pipelined round trip.
 
         ``seconds`` maps an epoch second to ``{metric: count}``; a count of ``0`` still
         writes the field (zero events, as opposed to no data). Counts are added with
@@ -157,7 +194,7 @@ class Store:
         ``Store`` writes a minute's hash it sets the hash's EXPIRE and the first time it
         writes a metric it adds the name to the ``metrics`` set. With ``emitter``
         (``<host>:<pid>``) it records ``now`` (default: the wall clock) as that process's
-        last flush.
+        last flush. ``drops`` (reason -> events) are added to the ``drops`` hash.
 
         Raises ``StoreError`` if the round trip fails (commands that reached Redis are not
         undone, so a retry after a dropped connection may count some events twice), and
@@ -166,6 +203,8 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         new_ttls: list[tuple[int, str]] = []
         new_names: set[str] = set()
+        # what each command adds, by its index in the pipeline (None: not a count)
+        adds: list[tuple[int, str, int] | tuple[None, str, int] | None] = []
         with self._lock:  # only reads the bookkeeping; no I/O under the lock
             for second, counts in seconds.items():
                 minute = second - second % _SECONDS_PER_MINUTE
@@ -174,6 +213,7 @@ class Store:
                 for metric, count in counts.items():
                     key = self.keys.seconds(metric, minute)
                     pipe.hincrby(key, field, count)
+                    adds.append((second, metric, count))
                     if metric not in have_ttl:
                         new_ttls.append((minute, metric))
                     if metric not in self._announced:
@@ -185,15 +225,40 @@ class Store:
         if emitter is not None:
             stamp = int(time.time()) if now is None else int(now)
             pipe.hset(self.keys.emitters, emitter, stamp)
+        adds.extend([None] * (len(pipe) - len(adds)))
+        for reason, count in (drops or {}).items():
+            if count:
+                pipe.hincrby(self.keys.drops, reason, count)
+                adds.append((None, reason, count))
         if not len(pipe):
             return
-        with self._errors("writing counts"):
-            results = pipe.execute(raise_on_error=False)
+        try:
+            with self._errors("writing counts"):
+                results = pipe.execute(raise_on_error=False)
+        except StoreError:
+            # Redis may come back empty (restarted without persistence): say it all again.
+            with self._lock:
+                self._announced.clear()
+                self._expiring.clear()
+            raise
         refused = [result for result in results if isinstance(result, Exception)]
         if refused:
+            not_applied: dict[int, dict[str, int]] = {}
+            lost_drops: dict[str, int] = {}
+            for add, result in zip(adds, results, strict=True):
+                if add is None or not isinstance(result, Exception):
+                    continue
+                at, name, value = add
+                if at is None:
+                    lost_drops[name] = value
+                else:
+                    not_applied.setdefault(at, {})[name] = value
             raise CountsRefused(
                 f"writing counts on {self._where}: Redis refused {len(refused)} of "
-                f"{len(results)} commands, first: {_one_line(refused[0])}"
+                f"{len(results)} commands, first: {_one_line(refused[0])}",
+                not_applied,
+                lost_drops,
+                all(_transient(error) for error in refused),
             )
         with self._lock:
             self._announced |= new_names
@@ -298,6 +363,25 @@ class Store:
                 continue
         return result
 
+    def drops(self) -> dict[str, int]:
+        """Drop reason -> events the apps could not deliver, summed over all apps (see
+        :mod:`cliffwatch.metrics.counter`). Raises ``StoreError``."""
+        with self._errors("reading drop counts"):
+            raw = self.client.hgetall(self.keys.drops)
+        result: dict[str, int] = {}
+        for key, value in raw.items():
+            try:
+                result[_text(key)] = int(value)
+            except ValueError:
+                continue
+        return result
+
+    def server_time(self) -> float:
+        """The Redis server's clock (``TIME``), in epoch seconds. Raises ``StoreError``."""
+        with self._errors("reading the server time"):
+            seconds, micros = self.client.time()
+        return int(seconds) + int(micros) / 1e6
+
     def prune_emitters(self, before: int) -> int:
         """Forget emitters whose last flush is older than epoch second ``before`` (processes
         that are gone); return how many. Raises ``StoreError``."""
@@ -374,6 +458,27 @@ class Store:
             value = self.client.get(self.keys.leader)
         return None if value is None else _text(value)
 
+    # -- the worker's heartbeat (the dead-man's switch) -------------------------------
+
+    def beat(self, at: float, ttl_ms: int) -> None:
+        """Record a worker tick at epoch ``at``: the heartbeat key (expiring after
+        ``ttl_ms``) and the last-tick key, in one round trip. Raises ``StoreError``."""
+        with self._errors("writing the worker heartbeat"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.keys.heartbeat, repr(float(at)), px=ttl_ms)
+            pipe.set(self.keys.last_tick, repr(float(at)))
+            pipe.execute()
+
+    def heartbeat(self) -> tuple[float | None, float | None]:
+        """(the live heartbeat's epoch or ``None`` if it expired, the last tick's epoch or
+        ``None`` if no worker ever ticked), in one round trip. Raises ``StoreError``."""
+        with self._errors("reading the worker heartbeat"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self.keys.heartbeat)
+            pipe.get(self.keys.last_tick)
+            alive, last = pipe.execute()
+        return _epoch(alive), _epoch(last)
+
     # -- the alert outbox (see cliffwatch.alerting.outbox) ---------------------------
 
     def outbox_add(self, fields: Mapping[str, str], maxlen: int) -> str:
@@ -421,6 +526,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self._where} prefix={self.prefix!r}>"
+
+
+def _epoch(value: bytes | str | None) -> float | None:
+    try:
+        return None if value is None else float(_text(value))
+    except ValueError:
+        return None
 
 
 _RENEW = """

@@ -6,6 +6,7 @@ A rules file is TOML (read with :mod:`tomllib`)::
     severity = "page"      # "page": PagerDuty + Slack; "notify": Slack only
     threshold = -3.0       # fire when the score is at or below this; -4.0 asks for steeper drops
     min_rate = 0.0         # events/s below which a metric is too quiet to judge
+    reminder = "30m"       # re-notify Slack while an incident fires; "0" turns it off
 
     [[rule]]
     metric = "orders.created"   # an exact name, or a glob like "payments.*"
@@ -46,6 +47,9 @@ SEVERITIES = (PAGE, NOTIFY)
 DEFAULT_SEVERITY = PAGE
 DEFAULT_THRESHOLD = -3.0
 DEFAULT_MIN_RATE = 0.0  # events/s
+DEFAULT_REMINDER_S = 1800
+"""Seconds between Slack reminders of an incident that is still firing."""
+MIN_REMINDER_S = 60
 SLACK_BASE_URL = "https://slack.com/api/"
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 PAGERDUTY_SOURCE = "cliffwatch"
@@ -81,6 +85,9 @@ _ENV_DEFAULTS = {
 _NAME = re.compile(r"[a-z0-9_.\-]{1,200}")
 _GLOB = re.compile(r"[a-z0-9_.\-*?\[\]!]{1,200}")
 _GLOB_SET = re.compile(r"\[!?[^\]]+\]")
+_REMINDER = re.compile(r"(?:\d{1,6}[smhd])+")
+_REMINDER_PART = re.compile(r"(\d+)([smhd])")
+_REMINDER_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 _CHANNEL = re.compile(r"[^\s]{1,200}")
 
@@ -182,6 +189,9 @@ class RuleSet:
     slack: SlackSettings | None = None
     pagerduty: PagerDutySettings | None = None
     warnings: tuple[str, ...] = ()
+    reminder_s: int = DEFAULT_REMINDER_S
+    """Seconds between Slack reminders of a firing incident (``[defaults] reminder``);
+    0: no reminders."""
     _exact: dict[str, Rule] = field(init=False, repr=False, compare=False)
     _globs: tuple[tuple[re.Pattern[str], Rule], ...] = field(init=False, repr=False, compare=False)
 
@@ -468,11 +478,35 @@ class _Parser:
             if name not in _TABLES:
                 self.unknown_top_level(name, value)
         defaults = self.defaults(self.table(doc, "defaults"))
+        reminder_s = self.reminder(self.table(doc, "defaults") or {})
         rules = self.rules(doc.get("rule"), defaults)
         slack = self.slack(self.table(doc, "slack"))
         pagerduty = self.pagerduty(self.table(doc, "pagerduty"))
         warnings = self.warnings(rules, slack, pagerduty)
-        return RuleSet(self.path, rules, defaults, slack, pagerduty, warnings)
+        return RuleSet(self.path, rules, defaults, slack, pagerduty, warnings, reminder_s)
+
+    def reminder(self, raw: dict[str, Any]) -> int:
+        """``[defaults] reminder``: a duration (``"30m"``, ``"1h30m"``, at least 1 minute)
+        or ``"0"`` (no reminders); absent: :data:`DEFAULT_REMINDER_S`."""
+        if "reminder" not in raw:
+            return DEFAULT_REMINDER_S
+        value = raw["reminder"]
+        line = self.lines.line("defaults", 0, "reminder")
+        if value in ("0", 0) and not isinstance(value, bool):
+            return 0
+        text = value.strip().lower() if isinstance(value, str) else ""
+        if not _REMINDER.fullmatch(text):
+            self.fail(
+                line,
+                f"'reminder' must be a duration such as \"30m\", \"2h\" or \"1h30m\" "
+                f'(or "0": no reminders), got {_show(value)}',
+            )
+        seconds = sum(int(n) * _REMINDER_UNITS[u] for n, u in _REMINDER_PART.findall(text))
+        if seconds == 0:
+            return 0
+        if seconds < MIN_REMINDER_S:
+            self.fail(line, f"'reminder' must be at least 1m (or \"0\"), got {_show(value)}")
+        return seconds
 
     def load(self) -> dict[str, Any]:
         try:
@@ -549,6 +583,8 @@ class _Parser:
             line = self.lines.line(table, n, key)
             if key in _RULE_KEYS and table == "defaults":
                 self.fail(line, f"key {_quoted(key)} belongs in a [[rule]], not in [defaults]")
+            if key == "reminder" and table == "rule":
+                self.fail(line, "key 'reminder' belongs in [defaults], not in a [[rule]]")
             hint = _did_you_mean(key, allowed)
             self.fail(line, f"unknown key {_quoted(key)} in {where}{hint}")
 
@@ -621,7 +657,7 @@ class _Parser:
     def defaults(self, raw: dict[str, Any] | None) -> RuleDefaults:
         if raw is None:
             return RuleDefaults()
-        self.check_keys(raw, _DEFAULT_KEYS, "defaults", 0, {})
+        self.check_keys(raw, (*_DEFAULT_KEYS, "reminder"), "defaults", 0, {})
         return self.settings(raw, "defaults", 0, RuleDefaults())
 
     def string(self, raw: dict[str, Any], table: str, n: int, key: str) -> str:
