@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import redis
+from httpstub import Recorder
 from redis.client import Pipeline
 
 from cliffwatch.metrics import bus
+from cliffwatch.metrics.store import Store
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -239,3 +241,19 @@ def _cliffwatch_errors_fail_tests(request: pytest.FixtureRequest) -> Iterator[_C
 def cliffwatch_errors(_cliffwatch_errors_fail_tests: _Capture) -> list[logging.LogRecord]:
     """The errors logged on the ``cliffwatch`` logger during the test (expected ones)."""
     return _cliffwatch_errors_fail_tests.records
+
+
+@pytest.fixture
+def stub() -> Iterator[Recorder]:
+    """A local HTTP stand-in for Slack and PagerDuty, recording every request."""
+    with Recorder() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def store(redis_url: str, prefix: str) -> Iterator[Store]:
+    """A store over the test Redis, under this test's prefix (some modules define their
+    own ``store`` over ``redis_client``; theirs wins there)."""
+    s = Store.from_url(redis_url, prefix=prefix)
+    yield s
+    s.close()

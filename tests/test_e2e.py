@@ -119,19 +119,6 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         procs.stop_all()
 
 
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
-
-
 def prefill(store: Store) -> None:
     """HISTORY_MINUTES of Poisson traffic at RATE, ending just before the current second,
     so the worker has enough to judge the metric at once."""

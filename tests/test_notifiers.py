@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,12 +27,6 @@ TOKEN = "xoxb-1111-2222-SECRETtoken"
 ROUTING_KEY = "R0UTINGsecretKEY0123456789abcdef"
 STARTED = 1_714_564_800  # 2024-05-01T12:00:00Z
 EVIL = "orders<!channel>&<https://evil.example|click>"
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
 
 
 def alert(state: str = "firing", metric: str = "orders.created", **changes: Any) -> Alert:

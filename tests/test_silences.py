@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
@@ -26,20 +25,6 @@ def _no_cliffwatch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CLIFFWATCH_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    """A store over the test Redis, under this test's prefix."""
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
 
 
 def cli(redis_url: str, prefix: str, *args: str, user: str = "alice") -> Result:

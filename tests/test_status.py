@@ -10,7 +10,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -53,14 +52,6 @@ def _no_cliffwatch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CLIFFWATCH_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    """A store over the test Redis, under this test's prefix."""
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
 
 
 # -- pure parts -----------------------------------------------------------------------

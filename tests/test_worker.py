@@ -4,7 +4,6 @@ HTTP server, and ``tick(now)`` driven one second at a time by a fake clock."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,20 +29,6 @@ WARMUP_MINUTES = 30  # ...so it judges at once
 TOKEN = "xoxb-0000-1111-workertesttoken"
 ROUTING_KEY = "W0RKERtestROUTINGkey0123456789ab"
 POST, UPDATE = "/api/chat.postMessage", "/api/chat.update"
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    """A store over the test Redis, under this test's prefix."""
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
 
 
 def rules_for(stub: Recorder) -> RuleSet:

@@ -8,7 +8,6 @@ import logging
 import re
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,6 @@ from cliffwatch.alerting.notifiers import PagerDutyNotifier, SlackNotifier
 from cliffwatch.alerting.selfmetrics import WorkerMetrics
 from cliffwatch.alerting.worker import Worker
 from cliffwatch.metrics.store import Store
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    """A store over the test Redis, under this test's prefix."""
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
 
 
 def scrape(port: int) -> dict[str, float]:

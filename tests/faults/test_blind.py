@@ -5,10 +5,7 @@ stand-in for Slack and PagerDuty."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 from conftest import FakeClock
 from httpstub import PAGERDUTY_PATH, Recorder
 
@@ -29,19 +26,6 @@ HISTORY_MINUTES = 40
 WARMUP_MINUTES = 30
 EMITTERS = ("web-1:101", "web-2:202")
 POST, UPDATE = "/api/chat.postMessage", "/api/chat.update"
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
 
 
 def rules_for(stub: Recorder) -> RuleSet:

@@ -29,13 +29,6 @@ ONE_INCIDENT = ["pagerduty trigger", "slack post", "pagerduty resolve", "slack u
 SLACK_ORDER = ["slack post", "slack update", "slack reply"]
 
 
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
-
-
 # -- the lease and the epoch, in one process ------------------------------------------
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 
-import pytest
 from conftest import FakeClock
 from httpstub import PAGERDUTY_PATH, Recorder
 from test_worker import METRIC, POST, ROUTING_KEY, TOKEN, Shop, deliveries
@@ -17,19 +15,6 @@ from cliffwatch.alerting.notifiers import Notifier, PagerDutyNotifier, SlackNoti
 from cliffwatch.metrics.store import Store
 
 AT = 1_800_000_000
-
-
-@pytest.fixture
-def stub() -> Iterator[Recorder]:
-    with Recorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def store(redis_url: str, prefix: str) -> Iterator[Store]:
-    s = Store.from_url(redis_url, prefix=prefix)
-    yield s
-    s.close()
 
 
 def notifiers(stub: Recorder) -> dict[str, Notifier]:
