@@ -331,9 +331,25 @@ class _Channel:
                     store.outbox_ack(self.name, entry_id)
         except CliffwatchError as exc:
             log.warning("outbox %s: %s", self.name, exc)
+            if "NOGROUP" in str(exc) and self._regroup():
+                return
             self._failed()
             return
         self.retry_at, self.backoff = -float("inf"), RETRY_MIN_S / 2
+
+    def _regroup(self) -> bool:
+        """Make this channel's group again after Redis lost it (restarted empty): from
+        the stream's first entry, so what was appended since is delivered; True if made,
+        and the channel then tries again at once. A Redis error is logged (False)."""
+        try:
+            self.outbox.store.outbox_group(self.name, start="0")
+        except CliffwatchError as exc:
+            log.warning("outbox %s: %s", self.name, exc)
+            return False
+        log.warning("outbox %s: the consumer group was gone; made again", self.name)
+        self.retry_at, self.backoff = -float("inf"), RETRY_MIN_S / 2
+        self.wake.set()
+        return True
 
     def _failed(self) -> None:
         self.backoff = min(self.backoff * 2, RETRY_MAX_S)

@@ -489,12 +489,13 @@ class Store:
             entry_id = self.client.xadd(self.keys.outbox, entry, maxlen=maxlen, approximate=True)
         return _text(entry_id)
 
-    def outbox_group(self, group: str) -> None:
+    def outbox_group(self, group: str, start: str = "$") -> None:
         """Create consumer group ``group`` on the outbox (and the stream), reading
-        entries added from now on; nothing if it exists. Raises ``StoreError``."""
+        entries added after ``start`` (``"$"``: from now on, ``"0"``: every entry the
+        stream holds); nothing if it exists. Raises ``StoreError``."""
         try:
             with self._errors(f"creating outbox group {group!r}"):
-                self.client.xgroup_create(self.keys.outbox, group, id="$", mkstream=True)
+                self.client.xgroup_create(self.keys.outbox, group, id=start, mkstream=True)
         except StoreError as error:
             if "BUSYGROUP" not in str(error):
                 raise
