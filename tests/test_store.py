@@ -173,3 +173,18 @@ def test_mask_url() -> None:
     assert mask_url("redis://u:p@h:1/2") == "redis://u:***@h:1/2"
     assert mask_url("redis://:p@h") == "redis://:***@h"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_batch_state_and_snapshot_methods_round_trip(store: Store) -> None:
+    """set_states, set_blobs and get_blobs do for many metrics what the one-metric
+    methods do: missing snapshots come back as None, states merge into the hashes."""
+    store.set_state("a", {"state": "firing"})
+    store.set_states({"a": {"status": "ok"}, "b": {"status": "warming up"}, "c": {}})
+    assert store.get_states(["a", "b", "c"]) == [
+        {"state": "firing", "status": "ok"},
+        {"status": "warming up"},
+        {},
+    ]
+    store.set_blobs({"a": b"\x00one", "b": b"\xfftwo"})
+    assert store.get_blobs(["a", "missing", "b"]) == [b"\x00one", None, b"\xfftwo"]
+    assert store.get_blobs([]) == []

@@ -30,13 +30,22 @@ DEFAULT_RETENTION_S = 7200
 """Seconds a per-minute hash of counts lives after this process first writes it."""
 
 _MAX_COMMANDS_PER_ROUND_TRIP = 50_000
+_BATCH = 10_000  # commands per round trip when writing many metrics' keys
 """Bigger requests (an hour of history for thousands of metrics) are split, to bound memory."""
 
 _SECONDS_PER_MINUTE = 60
 
 
-_TRANSIENT_REFUSALS = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN",
-                       "CLUSTERDOWN", "NOREPLICAS")
+_TRANSIENT_REFUSALS = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 """Error replies that say "not now" (out of memory, a replica after failover, loading)..."""
 
 _TRANSIENT_ERRORS = (
@@ -350,6 +359,43 @@ class Store:
         with self._errors(f"writing detector snapshot of {metric!r}"):
             self.client.set(self.keys.detector(metric), data)
 
+    def set_states(self, states: Mapping[str, Mapping[str, str | int | float]]) -> None:
+        """:meth:`set_state` for many metrics, pipelined (a round trip per 10,000).
+        Raises ``StoreError``."""
+        items = [(m, dict(f)) for m, f in states.items() if f]
+        with self._errors("writing states"):
+            for lo in range(0, len(items), _BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for metric, fields in items[lo : lo + _BATCH]:
+                    pipe.hset(self.keys.state(metric), mapping=fields)
+                pipe.execute()
+
+    def get_blobs(self, metrics: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get_blob` for many metrics, pipelined. Raises ``StoreError``."""
+        out: list[bytes | None] = []
+        with self._errors("reading detector snapshots"):
+            for lo in range(0, len(metrics), _BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for metric in metrics[lo : lo + _BATCH]:
+                    pipe.get(self.keys.detector(metric))
+                out.extend(pipe.execute())
+        if any(data is not None and not isinstance(data, bytes) for data in out):
+            raise StoreError(
+                "detector snapshots came back as text: build the Store over a client with "
+                "decode_responses=False"
+            )
+        return out
+
+    def set_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """:meth:`set_blob` for many metrics, pipelined. Raises ``StoreError``."""
+        items = list(blobs.items())
+        with self._errors("writing detector snapshots"):
+            for lo in range(0, len(items), _BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for metric, data in items[lo : lo + _BATCH]:
+                    pipe.set(self.keys.detector(metric), data)
+                pipe.execute()
+
     def emitters(self) -> dict[str, int]:
         """``<host>:<pid>`` -> epoch second of that process's last flush. Raises
         ``StoreError``."""
@@ -515,9 +561,7 @@ class Store:
             for entry_id, fields in items:
                 if fields is None:  # trimmed away while unacknowledged
                     continue
-                entries.append(
-                    (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-                )
+                entries.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
         return entries
 
     def outbox_ack(self, group: str, entry_id: str) -> None:
