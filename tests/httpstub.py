@@ -17,7 +17,11 @@ One :class:`Recorder` serves, on 127.0.0.1 and a free port, in a daemon thread:
   ``unknown_method``; without ``Authorization: Bearer ...`` everything is ``not_authed``;
 - a Slack incoming webhook under ``/services/``: ``200 ok``, or ``400 no_text``;
 - the PagerDuty Events API v2 at ``/v2/enqueue``: ``202 {"status": "success", ...}``,
-  or ``400 invalid event`` when the event lacks what PagerDuty requires.
+  or ``400 invalid event`` when the event lacks what PagerDuty requires;
+- Alertmanager's API at ``/api/v2/alerts``: ``200`` for a JSON list of alerts that each
+  have string ``labels`` (and RFC 3339 ``startsAt``/``endsAt`` when given), else ``400``;
+- a webhook receiver at ``/hooks/alertmanager``: ``200 ok`` for a body shaped like
+  Alertmanager's webhook JSON (``version`` ``"4"``, ``status``, ``alerts``), else ``400``.
 
 A request is recorded before it is answered, so once a client call has returned its
 request is in :attr:`Recorder.requests`.
@@ -32,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +47,8 @@ SLACK_API_PATH = "/api/"
 SLACK_WEBHOOK_PATH = "/services/T0000CLIFF/B0000CLIFF/hooksecretXXXXXXXXXXXXXXX"
 PAGERDUTY_PATH = "/v2/enqueue"
 PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
+ALERTMANAGER_PATH = "/api/v2/alerts"
+WEBHOOK_PATH = "/hooks/alertmanager"
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,11 @@ class Recorder:
         return self.base_url + SLACK_WEBHOOK_PATH
 
     @property
+    def webhook_url(self) -> str:
+        """For ``WebhookNotifier(url=...)``; Alertmanager's is :attr:`base_url`."""
+        return self.base_url + WEBHOOK_PATH
+
+    @property
     def pagerduty_url(self) -> str:
         """For ``PagerDutyNotifier(url=...)``."""
         return self.base_url + PAGERDUTY_PATH
@@ -238,6 +250,10 @@ class Recorder:
 
     def _answer(self, request: Request) -> tuple[int, dict[str, str], Any]:
         """The real service's answer to ``request``: (status, headers, body)."""
+        if request.path == ALERTMANAGER_PATH:
+            return _alertmanager(request)
+        if request.path == WEBHOOK_PATH:
+            return _webhook(request)
         if request.path.startswith(SLACK_API_PATH):
             return 200, {}, self._slack_api(request)
         if request.path.startswith("/services/"):
@@ -302,6 +318,45 @@ class Recorder:
         dedup_key = event.get("dedup_key") or hashlib.sha1(request.body).hexdigest()
         answer = {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
         return 202, {}, answer
+
+
+def _rfc3339(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _alertmanager(request: Request) -> tuple[int, dict[str, str], Any]:
+    """Alertmanager's ``POST /api/v2/alerts``: 200 (empty body), or 400 and why."""
+    alerts = request.json
+    if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
+        return 400, {}, {"code": 400, "message": "body must be a list of alerts"}
+    for alert in alerts:
+        labels = alert.get("labels")
+        if not isinstance(labels, dict) or not labels or not all(
+            isinstance(v, str) for v in labels.values()
+        ):
+            return 400, {}, {"code": 400, "message": "labels must be a non-empty string map"}
+        for name in ("startsAt", "endsAt"):
+            if name in alert and not _rfc3339(alert[name]):
+                return 400, {}, {"code": 400, "message": f"{name} is not RFC 3339"}
+    return 200, {}, ""
+
+
+def _webhook(request: Request) -> tuple[int, dict[str, str], Any]:
+    """A receiver of Alertmanager's webhook JSON: 200 ok, or 400 and why."""
+    data = request.json
+    if not isinstance(data, dict) or data.get("version") != "4":
+        return 400, {}, "expected Alertmanager webhook JSON, version 4"
+    if data.get("status") not in ("firing", "resolved") or not isinstance(
+        data.get("alerts"), list
+    ):
+        return 400, {}, "status and alerts are required"
+    return 200, {}, "ok"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -179,7 +179,7 @@ def test_unknown_top_level_table_lists_allowed() -> None:
     message = error('[[rule]]\nmetric = "a"\n[database]\nhost = "x"\n')
     assert message == (
         "rules.toml:3: unknown table [database] "
-        "(allowed: [defaults], [[rule]], [slack], [pagerduty])"
+        "(allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook])"
     )
 
 

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from ..errors import CliffwatchError
 from ..metrics.store import Store
 from .alert import Alert
+from .alertmanager import ALERTMANAGER, WEBHOOK
 from .notifiers import Notifier
-from .outbox import Fence, Outbox
+from .outbox import PAGER, Fence, Outbox
 from .silences import Silence, Silences
 
 log = logging.getLogger("cliffwatch.alerting")
@@ -45,11 +46,14 @@ log = logging.getLogger("cliffwatch.alerting")
 @dataclass
 class Route:
     """The notifiers each severity goes to: ``page`` to the pager and Slack, ``notify``
-    to Slack only."""
+    to Slack only; both to an Alertmanager and a webhook sink, if there are any."""
 
     notifiers: Mapping[str, Notifier]
     by_severity: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"page": ("pagerduty", "slack"), "notify": ("slack",)}
+        default_factory=lambda: {
+            "page": ("pagerduty", "slack", ALERTMANAGER, WEBHOOK),
+            "notify": ("slack", ALERTMANAGER, WEBHOOK),
+        }
     )
 
     def targets(self, severity: str) -> list[tuple[str, Notifier]]:
@@ -200,22 +204,28 @@ class Incidents:
             self.outbox.append(alert, self._channels(st))
         return alert
 
-    def remind(
-        self, metric: str, at: int, score: float, rate: float, every: int
-    ) -> Alert | None:
+    def remind(self, metric: str, at: int, score: float, rate: float, every: int) -> Alert | None:
         """Queue a Slack reminder that the metric's incident is still firing, when
         ``every`` seconds (> 0) have passed since it started or since its last reminder
         (``reminded_at`` in the state hash, so a restarted worker keeps the rhythm);
-        return the reminder, or ``None`` when none is due. Reminders go to Slack only,
-        never to the pager (PagerDuty escalates on its own), and not for an incident
-        that started inside a silence. Raises ``StoreError``, or ``LostLeadership`` as
-        the class says."""
+        return the reminder, or ``None`` when none is due. Reminders go to the
+        incident's notifiers that can remind (Slack; Alertmanager, which needs a
+        firing alert re-sent), never to the pager (PagerDuty escalates on its own),
+        and not for an incident that started inside a silence. Raises ``StoreError``,
+        or ``LostLeadership`` as the class says."""
         if every <= 0:
             return None
         st = self.state(metric)
         if st.get("state") != "firing" or st.get("silenced") == "1":
             return None
-        if "slack" not in self._channels(st) or "slack" not in self.outbox.channels:
+        targets = [
+            name
+            for name in self._channels(st)
+            if name != PAGER
+            and name in self.outbox.channels
+            and hasattr(self.outbox.channels[name].notifier, "remind")
+        ]
+        if not targets:
             return None
         started = int(st.get("started_at") or at)
         if at - int(st.get("reminded_at") or started) < every:
@@ -234,8 +244,10 @@ class Incidents:
             started,
             float(st.get("threshold", "-3")),
         )
-        log.info("%s still firing after %d s: reminding Slack", metric, at - started)
-        self.outbox.append(alert, ["slack"], reminder=True)
+        log.info(
+            "%s still firing after %d s: reminding %s", metric, at - started, ", ".join(targets)
+        )
+        self.outbox.append(alert, targets, reminder=True)
         return alert
 
     def retry_pending(self, metrics: Sequence[str] = ()) -> None:

@@ -390,16 +390,21 @@ class _Channel:
             update = self.notifier.send(alert, memo)
         except DeliveryError as exc:
             if not is_permanent(exc):
-                log.warning("delivering %s of %s to %s failed: %s",
-                            alert.state, alert.metric, self.name, exc)
+                log.warning(
+                    "delivering %s of %s to %s failed: %s",
+                    alert.state,
+                    alert.metric,
+                    self.name,
+                    exc,
+                )
                 self.outbox.counted(self.name, "failed")
                 return "retry"
-            log.error("dropping %s of %s for %s, refused: %s",
-                      alert.state, alert.metric, self.name, exc)
+            log.error(
+                "dropping %s of %s for %s, refused: %s", alert.state, alert.metric, self.name, exc
+            )
             update, sent = {}, "dropped"
         except Exception:  # a notifier bug must not stop delivery of the others
-            log.exception("delivering %s of %s to %s failed", alert.state, alert.metric,
-                          self.name)
+            log.exception("delivering %s of %s to %s failed", alert.state, alert.metric, self.name)
             self.outbox.counted(self.name, "failed")
             return "retry"
         else:
@@ -425,8 +430,7 @@ class _Channel:
                 log.warning("reminder of %s to %s failed: %s", alert.metric, self.name, exc)
                 self.outbox.counted(self.name, "failed")
                 return "retry"
-            log.error("dropping reminder of %s for %s, refused: %s",
-                      alert.metric, self.name, exc)
+            log.error("dropping reminder of %s for %s, refused: %s", alert.metric, self.name, exc)
             self.outbox.counted(self.name, "dropped")
             return "done"
         except Exception:  # a notifier bug must not stop delivery of the others

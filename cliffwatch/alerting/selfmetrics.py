@@ -32,8 +32,7 @@ from ..errors import ConfigError
 from .alert import Alert
 
 MISSING = (
-    "the worker's /metrics endpoint needs prometheus_client: "
-    "pip install 'cliffwatch[metrics]'"
+    "the worker's /metrics endpoint needs prometheus_client: pip install 'cliffwatch[metrics]'"
 )
 TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -54,37 +53,42 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.tick_seconds = Histogram(
-            "cliffwatch_worker_tick_seconds", "Duration of a worker tick.",
-            buckets=TICK_BUCKETS, registry=r,
+            "cliffwatch_worker_tick_seconds",
+            "Duration of a worker tick.",
+            buckets=TICK_BUCKETS,
+            registry=r,
         )
         self.tick_errors = Counter(
             "cliffwatch_worker_tick_errors", "Ticks that failed.", registry=r
         )
         self.lag = Gauge(
             "cliffwatch_worker_lag_seconds",
-            "Now minus the end of the last second judged.", registry=r,
+            "Now minus the end of the last second judged.",
+            registry=r,
         )
         self.watched = Gauge(
             "cliffwatch_worker_metrics_watched", "Metrics the worker judges.", registry=r
         )
-        self.alerts = Counter(
-            "cliffwatch_worker_alerts", "Alerts decided.", ["state"], registry=r
-        )
+        self.alerts = Counter("cliffwatch_worker_alerts", "Alerts decided.", ["state"], registry=r)
         self.reminders = Counter(
             "cliffwatch_worker_reminders", "Slack reminders queued.", registry=r
         )
         self.deliveries = Counter(
-            "cliffwatch_worker_deliveries", "Delivery tries.", ["channel", "outcome"],
+            "cliffwatch_worker_deliveries",
+            "Delivery tries.",
+            ["channel", "outcome"],
             registry=r,
         )
-        self.leader = Gauge(
-            "cliffwatch_worker_leader", "1 while this worker leads.", registry=r
-        )
+        self.leader = Gauge("cliffwatch_worker_leader", "1 while this worker leads.", registry=r)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def ticked(
-        self, seconds: float, lag: float | None, watched: int, leads: bool,
+        self,
+        seconds: float,
+        lag: float | None,
+        watched: int,
+        leads: bool,
         alerts: Sequence[Alert],
     ) -> None:
         """Record one tick that took ``seconds``."""

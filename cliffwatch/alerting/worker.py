@@ -51,6 +51,7 @@ from ..metrics.store import Store
 from ..rules.config import Rule, RuleSet, load_rules
 from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
 from .alert import Alert
+from .alertmanager import ALERTMANAGER, WEBHOOK, AlertmanagerNotifier, WebhookNotifier, hold_for
 from .blind import BLIND_METRIC, BlindWatch
 from .incidents import Incidents, Route
 from .leader import Leader, LostLeadership
@@ -87,6 +88,15 @@ def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
         out["pagerduty"] = PagerDutyNotifier(
             routing_key=pd.routing_key, url=pd.url, source=pd.source
         )
+    if rules.alertmanager is not None:
+        # Re-sent by the reminders; endsAt covers two reminder intervals.
+        out[ALERTMANAGER] = AlertmanagerNotifier(
+            url=rules.alertmanager.url,
+            labels=rules.alertmanager.labels,
+            hold_s=hold_for(rules.reminder_s),
+        )
+    if rules.webhook is not None:
+        out[WEBHOOK] = WebhookNotifier(url=rules.webhook.url, labels=rules.webhook.labels)
     return out
 
 

@@ -18,6 +18,11 @@ A rules file is TOML (read with :mod:`tomllib`)::
                                 # or webhook from $CLIFFWATCH_SLACK_WEBHOOK_URL
     [pagerduty]
     source = "shop-prod"        # routing key from $CLIFFWATCH_PAGERDUTY_ROUTING_KEY
+    [alertmanager]
+    url = "http://am:9093"      # optional: push alerts to an Alertmanager (API v2)
+    labels = {team = "shop"}    # optional extra labels (also in [webhook])
+    [webhook]
+    url = "https://..."         # optional: POST Alertmanager's webhook JSON here
 
 Secrets are never read from the file, only from the environment (``token_env``,
 ``webhook_url_env`` and ``routing_key_env`` rename the variables). Every problem raises
@@ -57,11 +62,12 @@ SLACK_TOKEN_ENV = "CLIFFWATCH_SLACK_TOKEN"
 SLACK_WEBHOOK_URL_ENV = "CLIFFWATCH_SLACK_WEBHOOK_URL"
 PAGERDUTY_ROUTING_KEY_ENV = "CLIFFWATCH_PAGERDUTY_ROUTING_KEY"
 
-_TABLES = ("defaults", "rule", "slack", "pagerduty")
+_TABLES = ("defaults", "rule", "slack", "pagerduty", "alertmanager", "webhook")
 _DEFAULT_KEYS = ("severity", "threshold", "min_rate")
 _RULE_KEYS = ("metric", *_DEFAULT_KEYS, "description", "runbook")
 _SLACK_KEYS = ("channel", "base_url", "token_env", "webhook_url_env")
 _PAGERDUTY_KEYS = ("url", "source", "routing_key_env")
+_SINK_KEYS = ("url", "labels")  # [alertmanager] and [webhook]
 # secret-looking key -> the environment setting that holds that secret
 _SECRETS = {
     "token": "token_env",
@@ -90,6 +96,9 @@ _REMINDER_PART = re.compile(r"(\d+)([smhd])")
 _REMINDER_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 _CHANNEL = re.compile(r"[^\s]{1,200}")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+RESERVED_LABELS = ("alertname", "metric", "severity")
+"""Alert labels cliffwatch sets itself; ``labels`` may not replace them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,15 @@ class PagerDutySettings:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """Where ``[alertmanager]`` (the Alertmanager's base URL) or ``[webhook]`` (the URL
+    that takes Alertmanager's webhook JSON) sends alerts, with extra alert labels."""
+
+    url: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """The rules in force, in file order, and where alerts go.
@@ -192,6 +210,10 @@ class RuleSet:
     reminder_s: int = DEFAULT_REMINDER_S
     """Seconds between Slack reminders of a firing incident (``[defaults] reminder``);
     0: no reminders."""
+    alertmanager: SinkSettings | None = None
+    """``[alertmanager]``: every alert also goes to this Alertmanager."""
+    webhook: SinkSettings | None = None
+    """``[webhook]``: every alert also goes to this URL, as Alertmanager's webhook JSON."""
     _exact: dict[str, Rule] = field(init=False, repr=False, compare=False)
     _globs: tuple[tuple[re.Pattern[str], Rule], ...] = field(init=False, repr=False, compare=False)
 
@@ -314,6 +336,22 @@ def _show(value: object) -> str:
 def _did_you_mean(word: str, choices: Iterable[str], fmt: str = "'{}'") -> str:
     close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {fmt.format(close[0])}?)" if close else ""
+
+
+def label_problem(labels: Mapping[str, Any]) -> str:
+    """Why ``labels`` cannot be extra alert labels, or ``""``: names must be Prometheus
+    label names (``[A-Za-z_][A-Za-z0-9_]*``, not starting with ``__``), values strings,
+    and none may be one of :data:`RESERVED_LABELS`."""
+    for name, value in labels.items():
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name) or name[:2] == "__":
+            return (
+                f"label name {_quoted(str(name))} must match [A-Za-z_][A-Za-z0-9_]* (no leading __)"
+            )
+        if name in RESERVED_LABELS:
+            return f"label {_quoted(name)} is set by cliffwatch and cannot be configured"
+        if not isinstance(value, str):
+            return f"label {_quoted(name)} must have a string value, got {_show(value)}"
+    return ""
 
 
 def metric_problem(name: str) -> str:
@@ -482,8 +520,21 @@ class _Parser:
         rules = self.rules(doc.get("rule"), defaults)
         slack = self.slack(self.table(doc, "slack"))
         pagerduty = self.pagerduty(self.table(doc, "pagerduty"))
-        warnings = self.warnings(rules, slack, pagerduty)
-        return RuleSet(self.path, rules, defaults, slack, pagerduty, warnings, reminder_s)
+        alertmanager = self.sink(self.table(doc, "alertmanager"), "alertmanager")
+        webhook = self.sink(self.table(doc, "webhook"), "webhook")
+        sinks = [name for name, s in (("Alertmanager", alertmanager), ("webhook", webhook)) if s]
+        warnings = self.warnings(rules, slack, pagerduty, sinks)
+        return RuleSet(
+            self.path,
+            rules,
+            defaults,
+            slack,
+            pagerduty,
+            warnings,
+            reminder_s,
+            alertmanager=alertmanager,
+            webhook=webhook,
+        )
 
     def reminder(self, raw: dict[str, Any]) -> int:
         """``[defaults] reminder``: a duration (``"30m"``, ``"1h30m"``, at least 1 minute)
@@ -498,7 +549,7 @@ class _Parser:
         if not _REMINDER.fullmatch(text):
             self.fail(
                 line,
-                f"'reminder' must be a duration such as \"30m\", \"2h\" or \"1h30m\" "
+                f'\'reminder\' must be a duration such as "30m", "2h" or "1h30m" '
                 f'(or "0": no reminders), got {_show(value)}',
             )
         seconds = sum(int(n) * _REMINDER_UNITS[u] for n, u in _REMINDER_PART.findall(text))
@@ -542,11 +593,12 @@ class _Parser:
 
     def unknown_top_level(self, name: str, value: object) -> NoReturn:
         line = self.lines.line(name)
-        allowed = "allowed: [defaults], [[rule]], [slack], [pagerduty]"
+        allowed = "allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook]"
         if name in _SECRETS and not isinstance(value, dict | list):
             self.secret_in_file("", name, "at the top level", {})
         if isinstance(value, dict):
-            hint = _did_you_mean(name, ("defaults", "slack", "pagerduty"), "[{}]")
+            tables = ("defaults", "slack", "pagerduty", "alertmanager", "webhook")
+            hint = _did_you_mean(name, tables, "[{}]")
             hint = hint or _did_you_mean(name, ("rule",), "[[{}]]")
             self.fail(line, f"unknown table [{name}]{hint or f' ({allowed})'}")
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -794,11 +846,32 @@ class _Parser:
         key = self.secret(names["routing_key_env"])
         return PagerDutySettings(url, source, key, names["routing_key_env"])
 
+    def sink(self, raw: dict[str, Any] | None, table: str) -> SinkSettings | None:
+        """``[alertmanager]`` or ``[webhook]``: a required http(s) ``url`` and optional
+        ``labels`` (a table of label name = "value")."""
+        if raw is None:
+            return None
+        self.check_keys(raw, _SINK_KEYS, table, 0, {})
+        if "url" not in raw:
+            self.fail(self.lines.line(table), f"[{table}] needs a 'url' (url = \"http://...\")")
+        url = self.url(raw, table, "url", "")
+        labels = raw.get("labels", {})
+        line = self.lines.line(table, 0, "labels")
+        if not isinstance(labels, dict):
+            self.fail(
+                line, f"'labels' must be a table like {{team = \"shop\"}}, got {_show(labels)}"
+            )
+        problem = label_problem(labels)
+        if problem:
+            self.fail(line, f"[{table}] {problem}")
+        return SinkSettings(url, dict(labels))
+
     def warnings(
         self,
         rules: tuple[Rule, ...],
         slack: SlackSettings | None,
         pagerduty: PagerDutySettings | None,
+        sinks: list[str] | None = None,
     ) -> tuple[str, ...]:
         found: list[str] = []
         slack_ok = slack is not None and slack.enabled
@@ -815,9 +888,11 @@ class _Parser:
                 else "no [pagerduty] table"
             )
             goes = "go to Slack only" if slack_ok else "are only logged"
+            if sinks:
+                goes = "go to " + " and ".join((["Slack"] if slack_ok else []) + sinks) + " only"
             found.append(f'severity "page" but {why}: {_some(pages)} {goes}')
         notifies = [r.metric for r in rules if r.severity == NOTIFY]
-        if notifies and not slack_ok:
+        if notifies and not slack_ok and not sinks:
             why = "no [slack] table" if slack is None else "no Slack token or webhook URL"
             found.append(f'severity "notify" but {why}: {_some(notifies)} are only logged')
         return tuple(f"{self.path}: {w}" for w in found)

@@ -141,6 +141,8 @@ def test_a_master_killed_mid_run_fails_over_without_a_false_page(
         cluster.wait_ok(30)
         ticks = ticking.ticks
         wait(lambda: ticking.ticks >= ticks + 8, 20, "the worker to tick again")
+        wait(lambda: (w.detector.next_second or 0) >= max(now + 6, math.floor(time.time()) - 3),
+             20, "the worker to judge the seconds up to now again")
         resumed_s = time.monotonic() - killed
     assert cliffwatch.shutdown(timeout=10)
     emitted = app.emitted

@@ -1,0 +1,300 @@
+"""Deliver alert transitions to Prometheus Alertmanager, or to anything that accepts
+Alertmanager's webhook JSON.
+
+- :class:`AlertmanagerNotifier` pushes each alert to an Alertmanager
+  (``POST {url}/api/v2/alerts``), so a team keeps its own routing, grouping and
+  silences there. Alertmanager treats an alert as resolved once its ``endsAt`` has
+  passed, so a firing alert carries ``endsAt`` :attr:`AlertmanagerNotifier.hold_s`
+  seconds ahead and is re-sent by the worker's reminders (``[defaults] reminder``) while
+  it fires; the resolve sends ``endsAt`` = the resolve time.
+- :class:`WebhookNotifier` POSTs the JSON body Alertmanager itself sends to a webhook
+  receiver (``version: "4"``), one alert per request.
+
+Both send the labels ``alertname="CliffwatchDrop"``, ``metric``, ``severity`` plus the
+configured ones, and keep no memo. Any 2xx is success; 429, 5xx and connection errors
+are retried with capped exponential backoff (0.5 s, 1 s, 2 s ... at most 8 s, or the
+answer's Retry-After), ``attempts`` tries in all and no wait past ``max_elapsed``
+seconds; then, or at once for any other 4xx, :class:`~cliffwatch.errors.DeliveryError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from http.client import HTTPException
+from typing import Any
+from urllib.parse import urlsplit
+
+from cliffwatch.alerting.alert import Alert
+from cliffwatch.alerting.notifiers import (
+    _check_http_url,
+    _check_retries,
+    _fell,
+    _iso,
+    _rate,
+    _recovered,
+    _retry_after,
+)
+from cliffwatch.errors import ConfigError, DeliveryError
+from cliffwatch.rules.config import label_problem
+
+__all__ = [
+    "ALERTMANAGER",
+    "ALERTNAME",
+    "WEBHOOK",
+    "AlertmanagerNotifier",
+    "WebhookNotifier",
+    "alert_annotations",
+    "alert_labels",
+    "fingerprint",
+    "hold_for",
+]
+
+logger = logging.getLogger(__name__)
+
+ALERTMANAGER = "alertmanager"
+"""Channel name of :class:`AlertmanagerNotifier`."""
+WEBHOOK = "webhook"
+"""Channel name of :class:`WebhookNotifier`."""
+ALERTNAME = "CliffwatchDrop"
+ALERTS_PATH = "/api/v2/alerts"
+HOLD_WITHOUT_REMINDERS_S = 86_400
+"""``endsAt`` horizon of a firing alert when reminders are off: nothing re-sends it."""
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of a firing alert in webhooks
+
+
+def hold_for(reminder_s: int) -> int:
+    """How far ahead a firing alert's ``endsAt`` is put when the worker reminds every
+    ``reminder_s`` seconds: two intervals (one lost reminder is survived), at least 5
+    min; :data:`HOLD_WITHOUT_REMINDERS_S` when reminders are off (``0``)."""
+    if reminder_s <= 0:
+        return HOLD_WITHOUT_REMINDERS_S
+    return max(300, 2 * reminder_s)
+
+
+def alert_labels(alert: Alert, extra: Mapping[str, str]) -> dict[str, str]:
+    """The alert's identity in Alertmanager: alertname, metric, severity and ``extra``."""
+    return {**extra, "alertname": ALERTNAME, "metric": alert.metric, "severity": alert.severity}
+
+
+def alert_annotations(alert: Alert) -> dict[str, str]:
+    """``summary`` (one line in words) and ``description`` (rate, normal rate, score)."""
+    if alert.state == "firing":
+        summary = f"{alert.metric} {_fell(alert)}"
+    else:
+        summary = f"{alert.metric} {_recovered(alert)}"
+    description = (
+        f"rate {_rate(alert.rate)}/s, normal {_rate(alert.baseline)}/s,"
+        f" score {alert.score:.1f} (threshold {alert.threshold:.1f}),"
+        f" since {_iso(alert.started_at)}"
+    )
+    return {"summary": summary, "description": description, "incident": alert.incident_id}
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """A stable 16-hex-digit id of a label set (Alertmanager's fingerprint is one too)."""
+    text = "\xff".join(f"{k}\xfe{v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Poster:
+    """POSTs JSON with the retries the module docstring describes."""
+
+    def __init__(self, url: str, what: str, timeout: float, attempts: int, max_elapsed: float):
+        _check_http_url(url, f"{what} url")
+        _check_retries(timeout, attempts)
+        self.url, self.what = url, what
+        self.timeout, self.attempts, self.max_elapsed = timeout, attempts, max_elapsed
+
+    def post(self, document: Any) -> None:
+        """POST ``document`` as JSON; raise DeliveryError as the module docstring says."""
+        body = json.dumps(document).encode()
+        deadline = time.monotonic() + self.max_elapsed
+        for attempt in range(1, self.attempts + 1):
+            wait = min(8.0, 0.5 * 2 ** (attempt - 1))
+            try:
+                status, retry_after, answer = self._post_once(body)
+            except (OSError, HTTPException) as error:
+                problem = f"{self.what} could not be reached: {type(error).__name__}: {error}"
+            else:
+                if 200 <= status < 300:
+                    return
+                detail = answer[:200].decode("utf-8", "replace").strip()
+                problem = f"{self.what} answered HTTP {status}: {detail!r}"
+                if status != 429 and status < 500:
+                    raise DeliveryError(problem)
+                if retry_after is not None:
+                    wait = retry_after
+            if attempt == self.attempts or time.monotonic() + wait > deadline:
+                raise DeliveryError(f"{problem} (gave up after {attempt} attempts)")
+            logger.warning("%s; retrying in %.1f s (attempt %d)", problem, wait, attempt)
+            time.sleep(wait)
+
+    def _post_once(self, body: bytes) -> tuple[int, float | None, bytes]:
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "cliffwatch"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, None, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, _retry_after(error.headers.get("Retry-After")), error.read()
+
+
+def _where(url: str) -> str:
+    """Scheme and host of ``url`` only (a webhook path or query may hold a token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+class AlertmanagerNotifier:
+    """Pushes alerts to an Alertmanager through its API v2 (``POST {url}/api/v2/alerts``).
+
+    A firing alert has ``startsAt`` = when the incident started and ``endsAt`` =
+    ``hold_s`` seconds after now (see :func:`hold_for`); :meth:`remind` sends it again
+    with a fresh ``endsAt``, so it stays firing while the worker reminds. The resolve
+    sends ``endsAt`` = the resolve time. ``generator_url``, if given, links back (e.g.
+    to a dashboard). ``send`` returns ``{}`` (no memo: the labels are the identity).
+
+    Raises :class:`ConfigError` for a URL that is not http(s), unusable ``labels``
+    (:func:`~cliffwatch.rules.config.label_problem`), ``hold_s`` < 60, a timeout <= 0
+    or attempts < 1; ``send`` and ``remind`` raise :class:`DeliveryError` as the module
+    docstring says.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        labels: Mapping[str, str] | None = None,
+        hold_s: int = 3600,
+        generator_url: str = "",
+        timeout: float = 5.0,
+        attempts: int = 4,
+        max_elapsed: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_http_url(url, "AlertmanagerNotifier url")
+        self._poster = _Poster(
+            url.rstrip("/") + ALERTS_PATH, "Alertmanager", timeout, attempts, max_elapsed
+        )
+        self.labels = dict(labels or {})
+        problem = label_problem(self.labels)
+        if problem:
+            raise ConfigError(f"AlertmanagerNotifier labels: {problem}")
+        if hold_s < 60:
+            raise ConfigError(f"AlertmanagerNotifier hold_s must be >= 60, not {hold_s!r}")
+        if generator_url:
+            _check_http_url(generator_url, "AlertmanagerNotifier generator_url")
+        self.url = url
+        self.hold_s = hold_s
+        self.generator_url = generator_url
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"AlertmanagerNotifier(url={self.url!r}, labels={self.labels!r})"
+
+    def send(self, alert: Alert, memo: Mapping[str, str]) -> dict[str, str]:
+        """Push the firing or resolved alert; return ``{}``. Raises DeliveryError."""
+        self._poster.post([self.payload(alert)])
+        return {}
+
+    def remind(self, alert: Alert, memo: Mapping[str, str]) -> None:
+        """Push the still-firing alert again, moving its ``endsAt`` ahead. Raises
+        DeliveryError."""
+        self._poster.post([self.payload(alert)])
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        """The API v2 ``postableAlert`` for ``alert``."""
+        if alert.state == "firing":
+            ends = max(float(alert.at), self.clock()) + self.hold_s
+        else:
+            ends = alert.at
+        out: dict[str, Any] = {
+            "labels": alert_labels(alert, self.labels),
+            "annotations": alert_annotations(alert),
+            "startsAt": _iso(alert.started_at),
+            "endsAt": _iso(int(ends)),
+        }
+        if self.generator_url:
+            out["generatorURL"] = self.generator_url
+        return out
+
+
+class WebhookNotifier:
+    """POSTs each alert to ``url`` in Alertmanager's webhook JSON shape (``version:
+    "4"``, ``status``, ``receiver``, ``groupLabels``, ``commonLabels``,
+    ``commonAnnotations``, ``externalURL``, ``alerts``), one alert per request. A firing
+    alert's ``endsAt`` is ``0001-01-01T00:00:00Z``, as Alertmanager sends it. ``send``
+    returns ``{}``. ``repr`` shows only the URL's scheme and host.
+
+    Raises :class:`ConfigError` for a URL that is not http(s), unusable ``labels``, a
+    timeout <= 0 or attempts < 1; ``send`` raises :class:`DeliveryError` as the module
+    docstring says (the error names the host, never the URL's path).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        labels: Mapping[str, str] | None = None,
+        receiver: str = "cliffwatch",
+        external_url: str = "",
+        timeout: float = 5.0,
+        attempts: int = 4,
+        max_elapsed: float = 30.0,
+    ) -> None:
+        _check_http_url(url, "WebhookNotifier url", show=False)
+        self._poster = _Poster(url, f"webhook {_where(url)}", timeout, attempts, max_elapsed)
+        self.labels = dict(labels or {})
+        problem = label_problem(self.labels)
+        if problem:
+            raise ConfigError(f"WebhookNotifier labels: {problem}")
+        self.receiver = receiver
+        self.external_url = external_url
+
+    def __repr__(self) -> str:
+        return f"WebhookNotifier(url='{self._poster.what.removeprefix('webhook ')}/...')"
+
+    def send(self, alert: Alert, memo: Mapping[str, str]) -> dict[str, str]:
+        """POST the firing or resolved alert; return ``{}``. Raises DeliveryError."""
+        self._poster.post(self.payload(alert))
+        return {}
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        """The webhook body for ``alert``."""
+        labels = alert_labels(alert, self.labels)
+        annotations = alert_annotations(alert)
+        group = {"alertname": ALERTNAME, "metric": alert.metric}
+        group_key = "{}:{" + ",".join(f"{k}={json.dumps(v)}" for k, v in group.items()) + "}"
+        return {
+            "version": "4",
+            "groupKey": group_key,
+            "truncatedAlerts": 0,
+            "status": alert.state,
+            "receiver": self.receiver,
+            "groupLabels": group,
+            "commonLabels": labels,
+            "commonAnnotations": annotations,
+            "externalURL": self.external_url,
+            "alerts": [
+                {
+                    "status": alert.state,
+                    "labels": labels,
+                    "annotations": annotations,
+                    "startsAt": _iso(alert.started_at),
+                    "endsAt": _iso(alert.at) if alert.state == "resolved" else ZERO_TIME,
+                    "generatorURL": "",
+                    "fingerprint": fingerprint(labels),
+                }
+            ],
+        }
