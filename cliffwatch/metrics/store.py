@@ -399,25 +399,21 @@ class Store:
     def emitters(self) -> dict[str, int]:
         """``<host>:<pid>`` -> epoch second of that process's last flush. Raises
         ``StoreError``."""
-        with self._errors("reading emitters"):
-            raw = self.client.hgetall(self.keys.emitters)
-        result: dict[str, int] = {}
-        for key, value in raw.items():
-            try:
-                result[_text(key)] = int(value)
-            except ValueError:
-                continue
-        return result
+        return self._int_hash(self.keys.emitters, "reading emitters")
 
     def drops(self) -> dict[str, int]:
         """Drop reason -> events the apps could not deliver, summed over all apps (see
         :mod:`cliffwatch.metrics.counter`). Raises ``StoreError``."""
-        with self._errors("reading drop counts"):
-            raw = self.client.hgetall(self.keys.drops)
+        return self._int_hash(self.keys.drops, "reading drop counts")
+
+    def _int_hash(self, key: str, doing: str) -> dict[str, int]:
+        """A hash of integers (fields that are not integers left out)."""
+        with self._errors(doing):
+            raw = self.client.hgetall(key)
         result: dict[str, int] = {}
-        for key, value in raw.items():
+        for field, value in raw.items():
             try:
-                result[_text(key)] = int(value)
+                result[_text(field)] = int(value)
             except ValueError:
                 continue
         return result
