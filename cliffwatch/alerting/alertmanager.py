@@ -23,24 +23,21 @@ import hashlib
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
-from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
 
 from cliffwatch.alerting.alert import Alert
 from cliffwatch.alerting.notifiers import (
+    JsonPoster,
     _check_http_url,
     _check_retries,
     _fell,
     _iso,
     _rate,
     _recovered,
-    _retry_after,
 )
-from cliffwatch.errors import ConfigError, DeliveryError
+from cliffwatch.errors import ConfigError
 from cliffwatch.rules.config import label_problem
 
 __all__ = [
@@ -102,52 +99,10 @@ def fingerprint(labels: Mapping[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _Poster:
-    """POSTs JSON with the retries the module docstring describes."""
-
-    def __init__(self, url: str, what: str, timeout: float, attempts: int, max_elapsed: float):
-        _check_http_url(url, f"{what} url")
-        _check_retries(timeout, attempts)
-        self.url, self.what = url, what
-        self.timeout, self.attempts, self.max_elapsed = timeout, attempts, max_elapsed
-
-    def post(self, document: Any) -> None:
-        """POST ``document`` as JSON; raise DeliveryError as the module docstring says."""
-        body = json.dumps(document).encode()
-        deadline = time.monotonic() + self.max_elapsed
-        for attempt in range(1, self.attempts + 1):
-            wait = min(8.0, 0.5 * 2 ** (attempt - 1))
-            try:
-                status, retry_after, answer = self._post_once(body)
-            except (OSError, HTTPException) as error:
-                problem = f"{self.what} could not be reached: {type(error).__name__}: {error}"
-            else:
-                if 200 <= status < 300:
-                    return
-                detail = answer[:200].decode("utf-8", "replace").strip()
-                problem = f"{self.what} answered HTTP {status}: {detail!r}"
-                if status != 429 and status < 500:
-                    raise DeliveryError(problem)
-                if retry_after is not None:
-                    wait = retry_after
-            if attempt == self.attempts or time.monotonic() + wait > deadline:
-                raise DeliveryError(f"{problem} (gave up after {attempt} attempts)")
-            logger.warning("%s; retrying in %.1f s (attempt %d)", problem, wait, attempt)
-            time.sleep(wait)
-
-    def _post_once(self, body: bytes) -> tuple[int, float | None, bytes]:
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "cliffwatch"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, None, response.read()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, _retry_after(error.headers.get("Retry-After")), error.read()
+def _poster(url: str, what: str, timeout: float, attempts: int, max_elapsed: float) -> JsonPoster:
+    _check_http_url(url, f"{what} url")
+    _check_retries(timeout, attempts)
+    return JsonPoster(url, what, timeout, attempts, max_elapsed)
 
 
 def _where(url: str) -> str:
@@ -184,7 +139,7 @@ class AlertmanagerNotifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         _check_http_url(url, "AlertmanagerNotifier url")
-        self._poster = _Poster(
+        self._poster = _poster(
             url.rstrip("/") + ALERTS_PATH, "Alertmanager", timeout, attempts, max_elapsed
         )
         self.labels = dict(labels or {})
@@ -205,13 +160,13 @@ class AlertmanagerNotifier:
 
     def send(self, alert: Alert, memo: Mapping[str, str]) -> dict[str, str]:
         """Push the firing or resolved alert; return ``{}``. Raises DeliveryError."""
-        self._poster.post([self.payload(alert)])
+        self._poster.post(json.dumps([self.payload(alert)]).encode())
         return {}
 
     def remind(self, alert: Alert, memo: Mapping[str, str]) -> None:
         """Push the still-firing alert again, moving its ``endsAt`` ahead. Raises
         DeliveryError."""
-        self._poster.post([self.payload(alert)])
+        self._poster.post(json.dumps([self.payload(alert)]).encode())
 
     def payload(self, alert: Alert) -> dict[str, Any]:
         """The API v2 ``postableAlert`` for ``alert``."""
@@ -254,7 +209,7 @@ class WebhookNotifier:
         max_elapsed: float = 30.0,
     ) -> None:
         _check_http_url(url, "WebhookNotifier url", show=False)
-        self._poster = _Poster(url, f"webhook {_where(url)}", timeout, attempts, max_elapsed)
+        self._poster = _poster(url, f"webhook {_where(url)}", timeout, attempts, max_elapsed)
         self.labels = dict(labels or {})
         problem = label_problem(self.labels)
         if problem:
@@ -267,7 +222,7 @@ class WebhookNotifier:
 
     def send(self, alert: Alert, memo: Mapping[str, str]) -> dict[str, str]:
         """POST the firing or resolved alert; return ``{}``. Raises DeliveryError."""
-        self._poster.post(self.payload(alert))
+        self._poster.post(json.dumps(self.payload(alert)).encode())
         return {}
 
     def payload(self, alert: Alert) -> dict[str, Any]:

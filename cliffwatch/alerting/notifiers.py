@@ -20,7 +20,7 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from http.client import HTTPException
 from typing import Any, Protocol
@@ -505,6 +505,70 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class JsonPoster:
+    """POSTs JSON bodies to one URL: any 2xx is success; 429, 5xx and connection errors
+    are retried with capped exponential backoff (0.5 s, 1 s, 2 s ... at most 8 s; the
+    answer's Retry-After instead, when it has one), ``attempts`` tries in all and no wait
+    past ``max_elapsed`` seconds from the first; then :class:`DeliveryError`. Any other
+    4xx raises :class:`DeliveryError` at once. ``what`` names the service in messages,
+    ``redact`` cleans them of secrets and ``detail`` shortens an error body."""
+
+    def __init__(
+        self,
+        url: str,
+        what: str,
+        timeout: float,
+        attempts: int,
+        max_elapsed: float,
+        *,
+        redact: Callable[[str], str] = str,
+        detail: Callable[[bytes], str] = lambda answer: repr(
+            answer[:200].decode("utf-8", "replace").strip()
+        ),
+    ) -> None:
+        self.url, self.what = url, what
+        self.timeout, self.attempts, self.max_elapsed = timeout, attempts, max_elapsed
+        self._redact, self._detail = redact, detail
+
+    def post(self, body: bytes) -> None:
+        """POST ``body`` (JSON); raise DeliveryError as the class docstring says."""
+        deadline = time.monotonic() + self.max_elapsed
+        for attempt in range(1, self.attempts + 1):
+            wait = min(8.0, 0.5 * 2 ** (attempt - 1))
+            try:
+                status, retry_after, answer = self._post_once(body)
+            except (OSError, HTTPException) as error:
+                problem = f"{self.what} could not be reached: {type(error).__name__}: {error}"
+            else:
+                if 200 <= status < 300:
+                    return
+                problem = f"{self.what} answered HTTP {status}: {self._detail(answer)}"
+                if status != 429 and status < 500:
+                    raise DeliveryError(self._redact(problem))
+                if retry_after is not None:
+                    wait = retry_after
+            problem = self._redact(problem)
+            if attempt == self.attempts or time.monotonic() + wait > deadline:
+                raise DeliveryError(f"{problem} (gave up after {attempt} attempts)")
+            logger.warning("%s; retrying in %.1f s (attempt %d)", problem, wait, attempt)
+            time.sleep(wait)
+
+    def _post_once(self, body: bytes) -> tuple[int, float | None, bytes]:
+        """One POST: (status, Retry-After seconds or None, response body)."""
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "cliffwatch"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, None, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, _retry_after(error.headers.get("Retry-After")), error.read()
+
+
 class PagerDutyNotifier:
     """Triggers and resolves PagerDuty incidents through the Events API v2.
 
@@ -538,10 +602,16 @@ class PagerDutyNotifier:
         self._routing_key = routing_key
         self._redact = _Redactor([routing_key])
         self._url = url
+        self._poster = JsonPoster(
+            url,
+            "PagerDuty",
+            timeout,
+            attempts,
+            max_elapsed,
+            redact=self._redact,
+            detail=_pagerduty_detail,
+        )
         self._source = source
-        self._timeout = timeout
-        self._attempts = attempts
-        self._max_elapsed = max_elapsed
 
     def __repr__(self) -> str:
         return f"PagerDutyNotifier(url={self._url!r}, source={self._source!r})"
@@ -574,47 +644,8 @@ class PagerDutyNotifier:
             }
         else:
             event["event_action"] = "resolve"
-        self._deliver(json.dumps(event).encode())
+        self._poster.post(json.dumps(event).encode())
         return {PAGERDUTY_DEDUP_KEY: dedup_key}
-
-    def _deliver(self, body: bytes) -> None:
-        """POST ``body``, retrying as the class docstring says; raise DeliveryError."""
-        deadline = time.monotonic() + self._max_elapsed
-        for attempt in range(1, self._attempts + 1):
-            wait = min(8.0, 0.5 * 2 ** (attempt - 1))
-            try:
-                status, retry_after, answer = self._post(body)
-            except (OSError, HTTPException) as error:
-                problem = f"PagerDuty could not be reached: {type(error).__name__}: {error}"
-            else:
-                if 200 <= status < 300:
-                    return
-                problem = f"PagerDuty answered HTTP {status}: {_pagerduty_detail(answer)}"
-                if status != 429 and status < 500:
-                    raise DeliveryError(self._redact(problem))
-                if retry_after is not None:
-                    wait = retry_after
-            problem = self._redact(problem)
-            if attempt == self._attempts or time.monotonic() + wait > deadline:
-                raise DeliveryError(f"{problem} (gave up after {attempt} attempts)")
-            logger.warning("%s; retrying in %.1f s (attempt %d)", problem, wait, attempt)
-            time.sleep(wait)
-
-    def _post(self, body: bytes) -> tuple[int, float | None, bytes]:
-        """One POST: (status, Retry-After seconds or None, response body)."""
-        request = urllib.request.Request(
-            self._url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "cliffwatch"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return response.status, None, response.read()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, _retry_after(error.headers.get("Retry-After")), error.read()
-
 
 def _pagerduty_detail(answer: bytes) -> str:
     """The useful part of a PagerDuty error body, short."""
