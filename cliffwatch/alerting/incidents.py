@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import CliffwatchError
 from ..metrics.store import Store
@@ -187,18 +187,7 @@ class Incidents:
             metric,
             {"state": "ok", "resolved_at": at, "pending": ",".join(pending), **self._epoch()},
         )
-        alert = Alert(
-            metric,
-            "resolved",
-            at,
-            st.get("severity", "page"),
-            score,
-            rate,
-            float(st.get("baseline", "nan")),
-            st.get("incident_id", ""),
-            int(st.get("started_at", at)),
-            float(st.get("threshold", "-3")),
-        )
+        alert = replace(self._alert_from(metric, st, "resolved"), at=at, score=score, rate=rate)
         self._announce(alert, st.get("silence_id", "?") if silenced else "")
         if not silenced:
             self.outbox.append(alert, self._channels(st))
@@ -232,18 +221,7 @@ class Incidents:
             return None
         self._check_fence(st)
         self.store.set_state(metric, {"reminded_at": at, **self._epoch()})
-        alert = Alert(
-            metric,
-            "firing",
-            at,
-            st.get("severity", "page"),
-            score,
-            rate,
-            float(st.get("baseline", "nan")),
-            st.get("incident_id", ""),
-            started,
-            float(st.get("threshold", "-3")),
-        )
+        alert = replace(self._alert_from(metric, st, "firing"), at=at, score=score, rate=rate)
         log.info(
             "%s still firing after %d s: reminding %s", metric, at - started, ", ".join(targets)
         )
@@ -282,6 +260,7 @@ class Incidents:
         return {} if self.fence is None else {"epoch": self.fence.epoch}
 
     def _alert_from(self, metric: str, st: Mapping[str, str], state: str) -> Alert:
+        """The ``state`` transition of the incident a state hash holds."""
         started = int(st.get("started_at") or 0)
         at = int(st.get("resolved_at") or started) if state == "resolved" else started
         return Alert(
