@@ -179,7 +179,8 @@ def test_unknown_top_level_table_lists_allowed() -> None:
     message = error('[[rule]]\nmetric = "a"\n[database]\nhost = "x"\n')
     assert message == (
         "rules.toml:3: unknown table [database] "
-        "(allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook])"
+        "(allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook], "
+        "[quiet_hours])"
     )
 
 
@@ -794,3 +795,131 @@ def test_valid_rules_round_trip(rules: list[tuple[str, float]]) -> None:
     for metric, threshold in rules:
         rule = parsed.match(metric)
         assert rule is not None and rule.threshold == threshold
+
+
+# --- [quiet_hours], per-rule routes and links ------------------------------------------
+
+QUIET = '[[rule]]\nmetric = "a"\n[quiet_hours]\nstart = "01:00"\nend = "07:00"\n'
+
+
+def test_quiet_hours_are_parsed() -> None:
+    """[quiet_hours] takes "HH:MM" strings or TOML local times and an IANA time zone."""
+    rules = parse_rules(QUIET + 'timezone = "Europe/Berlin"\n', "rules.toml", NO_ENV)
+    assert rules.quiet_hours is not None
+    q = rules.quiet_hours
+    assert (q.start.isoformat(), q.end.isoformat(), q.timezone, q.line) == (
+        "01:00:00", "07:00:00", "Europe/Berlin", 3)
+    local = parse_rules(QUIET.replace('"01:00"', "22:30:00").replace('"07:00"', "06:00:00")
+                        + 'timezone = "UTC"\n', "rules.toml", NO_ENV).quiet_hours
+    assert local is not None and (local.start.hour, local.start.minute) == (22, 30)
+    assert parse_rules('[[rule]]\nmetric = "a"\n', "r", NO_ENV).quiet_hours is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (QUIET + 'timezone = "Europe/Berlim"\n',
+     "rules.toml:6: unknown time zone \"Europe/Berlim\" (did you mean 'Europe/Berlin'?): "
+     'use an IANA name like "Europe/Berlin", "America/New_York" or "UTC"'),
+    (QUIET + 'timezone = "../../etc/passwd"\n', "rules.toml:6: unknown time zone"),
+    (QUIET + "timezone = 3\n", "rules.toml:6: 'timezone' must be a string, got 3"),
+    (QUIET.replace('"07:00"', '"7am"') + 'timezone = "UTC"\n',
+     "rules.toml:5: 'end' must be a time of day \"HH:MM\" (24-hour, like \"01:00\" or "
+     "\"23:30\"), got \"7am\""),
+    (QUIET.replace('"01:00"', '"24:00"') + 'timezone = "UTC"\n',
+     "rules.toml:4: 'start' must be a time of day"),
+    (QUIET.replace('"07:00"', '"01:00"') + 'timezone = "UTC"\n',
+     "rules.toml:5: [quiet_hours] 'end' must differ from 'start' (both 01:00)"),
+    (QUIET, "rules.toml:3: [quiet_hours] needs 'timezone'"),
+    (QUIET + 'timezone = "UTC"\nstop = "x"\n',
+     "rules.toml:7: unknown key 'stop' in [quiet_hours]"),
+])
+def test_quiet_hours_errors_name_the_line_and_value(text: str, expected: str) -> None:
+    """Every bad [quiet_hours] value is refused at its line, naming the value."""
+    assert error(text).startswith(expected)
+
+
+def test_quiet_hours_without_a_time_zone_database_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a host where zoneinfo finds no time zone data at all (no system tzdata, no
+    tzdata package), the error says to install it instead of calling the name wrong."""
+    import zoneinfo
+
+    def missing(key: str) -> None:
+        raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {key}")
+
+    monkeypatch.setattr(zoneinfo, "ZoneInfo", missing)
+    monkeypatch.setattr(zoneinfo, "available_timezones", set)
+    message = error(QUIET + 'timezone = "Europe/Berlin"\n')
+    assert message.startswith('rules.toml:6: unknown time zone "Europe/Berlin": this host has '
+                              "no time zone database")
+    assert "pip install tzdata" in message
+
+
+ROUTED = """
+[[rule]]
+metric = "orders.created"
+runbook = "https://wiki.example.com/orders"
+[[rule]]
+metric = "payments.*"
+slack_channel = "#payments"
+pagerduty = "payments"
+dashboard = "https://grafana.example.com/d/pay"
+[slack]
+channel = "#oncall"
+[pagerduty]
+runbook = "https://wiki.example.com/all"
+dashboard = "https://grafana.example.com/d/all"
+[pagerduty.services]
+payments = {routing_key_env = "PD_PAYMENTS_KEY", source = "pay-prod"}
+"""
+
+
+def test_rules_route_to_their_own_channel_and_service() -> None:
+    """A rule's slack_channel and pagerduty service are kept; the service's key comes from
+    its environment variable; links fall back from the rule to [pagerduty]."""
+    rules = parse_rules(ROUTED, "rules.toml", {"PD_PAYMENTS_KEY": "PAYKEY"})
+    pay = rules.match("payments.captured")
+    assert pay is not None and (pay.slack_channel, pay.pagerduty) == ("#payments", "payments")
+    assert rules.pagerduty is not None
+    service = rules.pagerduty.services["payments"]
+    assert (service.routing_key, service.source) == ("PAYKEY", "pay-prod")
+    assert "PAYKEY" not in repr(rules.pagerduty)
+    assert rules.links("orders.created") == (
+        ("https://wiki.example.com/orders", "Runbook"),
+        ("https://grafana.example.com/d/all", "Dashboard"))
+    assert rules.links("payments.x") == (
+        ("https://wiki.example.com/all", "Runbook"),
+        ("https://grafana.example.com/d/pay", "Dashboard"))
+    warnings = parse_rules(ROUTED, "rules.toml", NO_ENV).warnings
+    assert any("'payments' has no routing key in $PD_PAYMENTS_KEY: alerts for payments.* page "
+               "nobody" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('pagerduty = "payments"', 'pagerduty = "payment"',
+     "rules.toml:8: unknown PagerDuty service \"payment\" (did you mean 'payments'?): "
+     "define it in [pagerduty.services] (payments)"),
+    ('slack_channel = "#payments"', 'slack_channel = "#pay ments"',
+     "rules.toml:7: 'slack_channel' must be a channel name"),
+    ('dashboard = "https://grafana.example.com/d/pay"', 'dashboard = "grafana/d/pay"',
+     "rules.toml:9: 'dashboard' must be an http(s) URL, got \"grafana/d/pay\""),
+    ('runbook = "https://wiki.example.com/all"', 'runbook = "javascript:alert(1)"',
+     "rules.toml:13: 'runbook' must be an http(s) URL"),
+    ('{routing_key_env = "PD_PAYMENTS_KEY", source = "pay-prod"}', '{routing_key = "abc"}',
+     "rules.toml:16: key 'routing_key' in [pagerduty.services] 'payments': secrets are read"),
+    ('{routing_key_env = "PD_PAYMENTS_KEY", source = "pay-prod"}', '{source = "pay-prod"}',
+     "rules.toml:16: [pagerduty.services] 'payments' needs 'routing_key_env'"),
+    ('{routing_key_env = "PD_PAYMENTS_KEY", source = "pay-prod"}', '"PD_PAYMENTS_KEY"',
+     "rules.toml:16: PagerDuty service 'payments' must be a table"),
+])
+def test_route_and_link_errors_name_the_line_and_value(old: str, new: str, expected: str) -> None:
+    """Unknown services, bad channels, non-http links and secrets in a service are refused
+    at their lines."""
+    assert old in ROUTED
+    assert error(ROUTED.replace(old, new)).startswith(expected)
+
+
+def test_a_rule_channel_needs_a_slack_table() -> None:
+    """slack_channel without [slack] (where the token is configured) is an error."""
+    assert error('[[rule]]\nmetric = "a"\nslack_channel = "#x"\n').startswith(
+        "rules.toml:3: 'slack_channel' \"#x\" needs a [slack] table")

@@ -11,13 +11,23 @@ A rules file is TOML (read with :mod:`tomllib`)::
     [[rule]]
     metric = "orders.created"   # an exact name, or a glob like "payments.*"
     threshold = -4.0            # optional, else [defaults]; also severity, min_rate,
-                                # description, runbook
+                                # description, runbook, dashboard (http(s) URLs)
+    slack_channel = "#orders"   # optional: this rule's Slack channel, else [slack]'s
+    pagerduty = "payments"      # optional: a service of [pagerduty.services]
+
+    [quiet_hours]               # optional: "notify" alerts wait for a digest
+    start = "01:00"             # local time in `timezone` (a window may cross midnight)
+    end = "07:00"
+    timezone = "Europe/Berlin"  # an IANA time zone name
 
     [slack]
     channel = "#oncall"         # token from $CLIFFWATCH_SLACK_TOKEN,
                                 # or webhook from $CLIFFWATCH_SLACK_WEBHOOK_URL
     [pagerduty]
     source = "shop-prod"        # routing key from $CLIFFWATCH_PAGERDUTY_ROUTING_KEY
+    runbook = "https://..."     # optional links sent with every page (a rule's win)
+    [pagerduty.services]        # optional: more services, each with its own key
+    payments = {routing_key_env = "PD_PAYMENTS_KEY"}
     [alertmanager]
     url = "http://am:9093"      # optional: push alerts to an Alertmanager (API v2)
     labels = {team = "shop"}    # optional extra labels (also in [webhook])
@@ -38,8 +48,11 @@ import math
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as Time
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -62,11 +75,14 @@ SLACK_TOKEN_ENV = "CLIFFWATCH_SLACK_TOKEN"
 SLACK_WEBHOOK_URL_ENV = "CLIFFWATCH_SLACK_WEBHOOK_URL"
 PAGERDUTY_ROUTING_KEY_ENV = "CLIFFWATCH_PAGERDUTY_ROUTING_KEY"
 
-_TABLES = ("defaults", "rule", "slack", "pagerduty", "alertmanager", "webhook")
+_TABLES = ("defaults", "rule", "slack", "pagerduty", "alertmanager", "webhook", "quiet_hours")
 _DEFAULT_KEYS = ("severity", "threshold", "min_rate")
-_RULE_KEYS = ("metric", *_DEFAULT_KEYS, "description", "runbook")
+_LINK_KEYS = ("runbook", "dashboard")
+_RULE_KEYS = ("metric", *_DEFAULT_KEYS, "description", *_LINK_KEYS, "slack_channel", "pagerduty")
 _SLACK_KEYS = ("channel", "base_url", "token_env", "webhook_url_env")
-_PAGERDUTY_KEYS = ("url", "source", "routing_key_env")
+_PAGERDUTY_KEYS = ("url", "source", "routing_key_env", *_LINK_KEYS, "services")
+_SERVICE_KEYS = ("routing_key_env", "source")
+_QUIET_KEYS = ("start", "end", "timezone")
 _SINK_KEYS = ("url", "labels")  # [alertmanager] and [webhook]
 # secret-looking key -> the environment setting that holds that secret
 _SECRETS = {
@@ -96,6 +112,9 @@ _REMINDER_PART = re.compile(r"(\d+)([smhd])")
 _REMINDER_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 _CHANNEL = re.compile(r"[^\s]{1,200}")
+_RULE_CHANNEL = re.compile(r"[^\s,:]{1,200}")  # it becomes part of a notifier's name
+_SERVICE = re.compile(r"[A-Za-z0-9_\-]{1,100}")
+_CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 RESERVED_LABELS = ("alertname", "metric", "severity")
 """Alert labels cliffwatch sets itself; ``labels`` may not replace them."""
@@ -127,6 +146,11 @@ class Rule:
     description: str = ""
     runbook: str = ""
     line: int = 0
+    dashboard: str = ""
+    slack_channel: str = ""
+    """The Slack channel this rule's alerts go to; ``""``: ``[slack] channel``."""
+    pagerduty: str = ""
+    """The ``[pagerduty.services]`` service this rule pages; ``""``: ``[pagerduty]``."""
 
     @property
     def is_glob(self) -> bool:
@@ -163,14 +187,39 @@ class SlackSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PagerDutyService:
+    """One named PagerDuty service of ``[pagerduty.services]``, paged by the rules that
+    name it (``pagerduty = "<name>"``). Its routing key comes from the environment;
+    ``repr`` never shows it; ``None``: that service cannot be paged (a warning says so)."""
+
+    name: str
+    routing_key: str | None
+    routing_key_env: str
+    source: str = PAGERDUTY_SOURCE
+
+    def __repr__(self) -> str:
+        return (
+            f"PagerDutyService(name={self.name!r}, source={self.source!r}, "
+            f"routing_key={_hidden(self.routing_key)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PagerDutySettings:
     """Where pages go (Events API v2). The routing key comes from the environment; ``repr``
-    never shows it. ``routing_key`` ``None`` means nothing can be paged (a warning says so)."""
+    never shows it. ``routing_key`` ``None`` means nothing can be paged (a warning says so).
+
+    ``runbook`` and ``dashboard`` are links sent with every page whose rule has none of
+    its own; ``services`` are further services, by name, for rules that ask for one.
+    """
 
     url: str = PAGERDUTY_URL
     source: str = PAGERDUTY_SOURCE
     routing_key: str | None = None
     routing_key_env: str = PAGERDUTY_ROUTING_KEY_ENV
+    runbook: str = ""
+    dashboard: str = ""
+    services: Mapping[str, PagerDutyService] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -180,8 +229,36 @@ class PagerDutySettings:
     def __repr__(self) -> str:
         return (
             f"PagerDutySettings(url={self.url!r}, source={self.source!r}, "
-            f"routing_key={_hidden(self.routing_key)})"
+            f"routing_key={_hidden(self.routing_key)}, services={list(self.services)!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """``[quiet_hours]``: the daily window, in local time of ``timezone``, during which
+    ``notify`` alerts are held for a digest (see :mod:`cliffwatch.alerting.quiet`).
+
+    ``start`` is inside the window, ``end`` is not; ``end`` before ``start`` means the
+    window crosses midnight. Local time is the wall clock of ``timezone`` (zoneinfo), so
+    the window follows daylight saving time. ``line`` is where the table starts.
+    """
+
+    start: Time
+    end: Time
+    timezone: str
+    line: int = 0
+
+    def active(self, epoch: float) -> bool:
+        """True when epoch second ``epoch`` falls inside the window."""
+        local = datetime.fromtimestamp(epoch, tz=zoneinfo.ZoneInfo(self.timezone))
+        now = local.time().replace(tzinfo=None)
+        if self.start < self.end:
+            return self.start <= now < self.end
+        return now >= self.start or now < self.end
+
+    def local(self, epoch: float) -> datetime:
+        """Epoch second ``epoch`` as a time in the window's zone."""
+        return datetime.fromtimestamp(epoch, tz=UTC).astimezone(zoneinfo.ZoneInfo(self.timezone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +291,8 @@ class RuleSet:
     """``[alertmanager]``: every alert also goes to this Alertmanager."""
     webhook: SinkSettings | None = None
     """``[webhook]``: every alert also goes to this URL, as Alertmanager's webhook JSON."""
+    quiet_hours: QuietHours | None = None
+    """``[quiet_hours]``: when ``notify`` alerts are held for a digest."""
     _exact: dict[str, Rule] = field(init=False, repr=False, compare=False)
     _globs: tuple[tuple[re.Pattern[str], Rule], ...] = field(init=False, repr=False, compare=False)
 
@@ -238,6 +317,18 @@ class RuleSet:
             if pattern.match(metric):
                 return rule
         return None
+
+    def links(self, metric: str) -> tuple[tuple[str, str], ...]:
+        """``(href, text)`` of the runbook and dashboard of ``metric``: its rule's, else
+        ``[pagerduty]``'s; empty when there are none."""
+        rule = self.match(metric)
+        pd = self.pagerduty
+        out = []
+        for key, text in (("runbook", "Runbook"), ("dashboard", "Dashboard")):
+            href = (getattr(rule, key) if rule else "") or (getattr(pd, key) if pd else "")
+            if href:
+                out.append((href, text))
+        return tuple(out)
 
     def metrics(self, known: Iterable[str] = ()) -> list[str]:
         """The metrics to watch: every exact name in file order, then the ``known`` names
@@ -486,6 +577,16 @@ class _Lines:
         arrays = [s for s in self.sections if s.path == (name,) and s.array]
         return arrays[n - 1] if len(arrays) >= n else None
 
+    def line_in(self, path: tuple[str, ...], key: str) -> int:
+        """Line of ``key`` in the sub-table ``[a.b]`` (``path``), or of its own header
+        ``[a.b.key]``; 0 if neither is found."""
+        for section in self.sections:
+            if section.path == path and key in section.keys:
+                return section.keys[key]
+            if section.path == (*path, key):
+                return section.line
+        return 0
+
     def line(self, table: str, n: int = 0, key: str | None = None) -> int:
         """Line of ``key`` in ``[table]`` (``n`` 0) or in the nth ``[[table]]``; else of
         the table; else 0."""
@@ -522,6 +623,8 @@ class _Parser:
         pagerduty = self.pagerduty(self.table(doc, "pagerduty"))
         alertmanager = self.sink(self.table(doc, "alertmanager"), "alertmanager")
         webhook = self.sink(self.table(doc, "webhook"), "webhook")
+        quiet_hours = self.quiet_hours(self.table(doc, "quiet_hours"))
+        self.check_routes(rules, slack, pagerduty)
         sinks = [name for name, s in (("Alertmanager", alertmanager), ("webhook", webhook)) if s]
         warnings = self.warnings(rules, slack, pagerduty, sinks)
         return RuleSet(
@@ -534,6 +637,93 @@ class _Parser:
             reminder_s,
             alertmanager=alertmanager,
             webhook=webhook,
+            quiet_hours=quiet_hours,
+        )
+
+    def check_routes(
+        self, rules: tuple[Rule, ...], slack: SlackSettings | None, pd: PagerDutySettings | None
+    ) -> None:
+        """Every ``pagerduty = "<name>"`` of a rule names a ``[pagerduty.services]``
+        service, and a rule's ``slack_channel`` has a ``[slack]`` to post with."""
+        services = pd.services if pd is not None else {}
+        for n, rule in enumerate(rules, 1):
+            if rule.pagerduty and rule.pagerduty not in services:
+                known = ", ".join(sorted(services)) or "none are defined"
+                hint = _did_you_mean(rule.pagerduty, services)
+                self.fail(
+                    self.lines.line("rule", n, "pagerduty"),
+                    f"unknown PagerDuty service {_show(rule.pagerduty)}{hint}: define it in "
+                    f"[pagerduty.services] ({known})",
+                )
+            if rule.slack_channel and slack is None:
+                self.fail(
+                    self.lines.line("rule", n, "slack_channel"),
+                    f"'slack_channel' {_show(rule.slack_channel)} needs a [slack] table "
+                    "(the bot token is read as for [slack])",
+                )
+
+    def quiet_hours(self, raw: dict[str, Any] | None) -> QuietHours | None:
+        """``[quiet_hours]``: ``start`` and ``end`` ("HH:MM", 24-hour, or TOML local
+        times) and ``timezone`` (an IANA name, read with zoneinfo)."""
+        if raw is None:
+            return None
+        self.check_keys(raw, _QUIET_KEYS, "quiet_hours", 0, {})
+        for key in _QUIET_KEYS:
+            if key not in raw:
+                self.fail(
+                    self.lines.line("quiet_hours"),
+                    f'[quiet_hours] needs {_quoted(key)} (start = "01:00", end = "07:00", '
+                    'timezone = "Europe/Berlin")',
+                )
+        start, end = self.clock_time(raw, "start"), self.clock_time(raw, "end")
+        if start == end:
+            self.fail(
+                self.lines.line("quiet_hours", 0, "end"),
+                f"[quiet_hours] 'end' must differ from 'start' (both {start:%H:%M}): "
+                "the window would be empty",
+            )
+        zone = self.string(raw, "quiet_hours", 0, "timezone")
+        self.time_zone(zone, self.lines.line("quiet_hours", 0, "timezone"))
+        return QuietHours(start, end, zone, self.lines.line("quiet_hours"))
+
+    def clock_time(self, raw: dict[str, Any], key: str) -> Time:
+        value = raw[key]
+        if isinstance(value, Time) and value.tzinfo is None:
+            return value.replace(second=0, microsecond=0)
+        found = _CLOCK.fullmatch(value.strip()) if isinstance(value, str) else None
+        if not found:
+            self.fail(
+                self.lines.line("quiet_hours", 0, key),
+                f'{_quoted(key)} must be a time of day "HH:MM" (24-hour, like "01:00" or '
+                f'"23:30"), got {_show(value)}',
+            )
+        return Time(int(found[1]), int(found[2]))
+
+    def time_zone(self, name: str, line: int) -> None:
+        """Fail unless zoneinfo knows the zone ``name`` (saying so when this host has no
+        time zone database at all: zoneinfo then knows no zone)."""
+        try:
+            zoneinfo.ZoneInfo(name)
+            return
+        except zoneinfo.ZoneInfoNotFoundError:
+            pass
+        except (ValueError, OSError):  # malformed keys ("../x", "/etc/x", "")
+            pass
+        known = zoneinfo.available_timezones()
+        if not known:
+            self.fail(
+                line,
+                f"unknown time zone {_show(name)}: this host has no time zone database "
+                "(zoneinfo found none); install the tzdata package (pip install tzdata) "
+                "or the system's tzdata",
+            )
+        close = [z for z in known if z.lower() == name.lower()]
+        close = close or difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        self.fail(
+            line,
+            f'unknown time zone {_show(name)}{hint}: use an IANA name like "Europe/Berlin", '
+            '"America/New_York" or "UTC"',
         )
 
     def reminder(self, raw: dict[str, Any]) -> int:
@@ -593,11 +783,14 @@ class _Parser:
 
     def unknown_top_level(self, name: str, value: object) -> NoReturn:
         line = self.lines.line(name)
-        allowed = "allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook]"
+        allowed = (
+            "allowed: [defaults], [[rule]], [slack], [pagerduty], [alertmanager], [webhook], "
+            "[quiet_hours]"
+        )
         if name in _SECRETS and not isinstance(value, dict | list):
             self.secret_in_file("", name, "at the top level", {})
         if isinstance(value, dict):
-            tables = ("defaults", "slack", "pagerduty", "alertmanager", "webhook")
+            tables = ("defaults", "slack", "pagerduty", "alertmanager", "webhook", "quiet_hours")
             hint = _did_you_mean(name, tables, "[{}]")
             hint = hint or _did_you_mean(name, ("rule",), "[[{}]]")
             self.fail(line, f"unknown table [{name}]{hint or f' ({allowed})'}")
@@ -765,11 +958,44 @@ class _Parser:
             description = (
                 self.string(table, "rule", n, "description") if ("description" in table) else ""
             )
-            runbook = self.string(table, "rule", n, "runbook") if "runbook" in table else ""
+            runbook, dashboard = (self.link(table, "rule", n, key) for key in _LINK_KEYS)
+            channel = ""
+            if "slack_channel" in table:
+                channel = self.string(table, "rule", n, "slack_channel")
+                if not _RULE_CHANNEL.fullmatch(channel):
+                    self.fail(
+                        self.lines.line("rule", n, "slack_channel"),
+                        "'slack_channel' must be a channel name like \"#payments\" or an "
+                        f"ID (no spaces, commas or colons), got {_show(channel)}",
+                    )
+            service = self.string(table, "rule", n, "pagerduty") if "pagerduty" in table else ""
             rules.append(
-                Rule(metric, s.severity, s.threshold, s.min_rate, description, runbook, line)
+                Rule(
+                    metric,
+                    s.severity,
+                    s.threshold,
+                    s.min_rate,
+                    description,
+                    runbook,
+                    line,
+                    dashboard,
+                    channel,
+                    service,
+                )
             )
         return tuple(rules)
+
+    def link(self, raw: dict[str, Any], table: str, n: int, key: str) -> str:
+        """An optional http(s) URL (``runbook``, ``dashboard``); ``""`` when absent."""
+        if key not in raw:
+            return ""
+        value = self.string(raw, table, n, key)
+        if not _is_http_url(value):
+            self.fail(
+                self.lines.line(table, n, key),
+                f"{_quoted(key)} must be an http(s) URL, got {_show(value)}",
+            )
+        return value
 
     def env_names(self, raw: dict[str, Any], table: str, keys: tuple[str, ...]) -> dict[str, str]:
         names: dict[str, str] = {}
@@ -844,7 +1070,60 @@ class _Parser:
             if not source.strip():
                 self.fail(self.lines.line("pagerduty", 0, "source"), "'source' must not be empty")
         key = self.secret(names["routing_key_env"])
-        return PagerDutySettings(url, source, key, names["routing_key_env"])
+        runbook, dashboard = (self.link(raw, "pagerduty", 0, k) for k in _LINK_KEYS)
+        services = self.services(raw.get("services", {}))
+        return PagerDutySettings(
+            url, source, key, names["routing_key_env"], runbook, dashboard, services
+        )
+
+    def services(self, raw: object) -> dict[str, PagerDutyService]:
+        """``[pagerduty.services]``: name = {routing_key_env = "VAR", source = "..."}."""
+        line = self.lines.line("pagerduty", 0, "services")
+        if not isinstance(raw, dict):
+            self.fail(
+                line,
+                "'services' must be a table: [pagerduty.services] then "
+                f'payments = {{routing_key_env = "PD_PAYMENTS_KEY"}}, got {_show(raw)}',
+            )
+        out: dict[str, PagerDutyService] = {}
+        for name, spec in raw.items():
+            at = self.lines.line_in(("pagerduty", "services"), name) or line
+            if not _SERVICE.fullmatch(name):
+                self.fail(
+                    at,
+                    f"PagerDuty service name {_quoted(name)} must be letters, digits, _ "
+                    "and - (at most 100)",
+                )
+            if not isinstance(spec, dict):
+                self.fail(
+                    at,
+                    f"PagerDuty service {_quoted(name)} must be a table like "
+                    f'{{routing_key_env = "PD_{name.upper().replace("-", "_")}_KEY"}}, '
+                    f"got {_show(spec)}",
+                )
+            where = f"[pagerduty.services] {_quoted(name)}"
+            for key in spec:
+                if key in _SECRETS:
+                    self.fail(
+                        at,
+                        f"key {_quoted(key)} in {where}: secrets are read from the "
+                        "environment: name the variable with routing_key_env",
+                    )
+                if key not in _SERVICE_KEYS:
+                    hint = _did_you_mean(key, _SERVICE_KEYS)
+                    self.fail(at, f"unknown key {_quoted(key)} in {where}{hint}")
+            variable = spec.get("routing_key_env")
+            if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
+                self.fail(
+                    at,
+                    f"{where} needs 'routing_key_env', the environment variable holding its "
+                    f"routing key (letters, digits, _), got {_show(variable)}",
+                )
+            source = spec.get("source", PAGERDUTY_SOURCE)
+            if not isinstance(source, str) or not source.strip():
+                self.fail(at, f"'source' of {where} must be a non-empty string")
+            out[name] = PagerDutyService(name, self.secret(variable), variable, source)
+        return out
 
     def sink(self, raw: dict[str, Any] | None, table: str) -> SinkSettings | None:
         """``[alertmanager]`` or ``[webhook]``: a required http(s) ``url`` and optional
@@ -891,6 +1170,21 @@ class _Parser:
             if sinks:
                 goes = "go to " + " and ".join((["Slack"] if slack_ok else []) + sinks) + " only"
             found.append(f'severity "page" but {why}: {_some(pages)} {goes}')
+        if pagerduty is not None:
+            for service in pagerduty.services.values():
+                if service.routing_key is None:
+                    users = [r.metric for r in rules if r.pagerduty == service.name]
+                    found.append(
+                        f"[pagerduty.services] {service.name!r} has no routing key in "
+                        f"${service.routing_key_env}: "
+                        + (f"{_some(users)} page nobody" if users else "no rule uses it")
+                    )
+        own = [r.metric for r in rules if r.slack_channel]
+        if own and slack is not None and slack.token is None and slack.webhook_url is not None:
+            found.append(
+                f"'slack_channel' needs a bot token in ${slack.token_env}: with a webhook, "
+                f"{_some(own)} go to the webhook's own channel"
+            )
         notifies = [r.metric for r in rules if r.severity == NOTIFY]
         if notifies and not slack_ok and not sinks:
             why = "no [slack] table" if slack is None else "no Slack token or webhook URL"
