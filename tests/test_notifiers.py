@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import time
 from dataclasses import replace
@@ -94,9 +95,16 @@ def test_alert_to_json_and_validation() -> None:
         "incident_id": f"orders.created@{STARTED}",
         "started_at": STARTED,
         "threshold": 5.0,
+        "recent": [],
+        "links": [],
     }
     with pytest.raises(ValueError, match="state"):
         alert(state="open")
+    drawn = alert(recent=[50.0, math.nan, 0.0], links=[("https://wiki.example.com/r", "Runbook")])
+    assert drawn.to_json()["recent"] == [50.0, None, 0.0]  # strict JSON: no NaN
+    back = Alert(**json.loads(json.dumps(drawn.to_json(), allow_nan=False)))
+    assert back.links == (("https://wiki.example.com/r", "Runbook"),)
+    assert back.recent[0] == 50.0 and math.isnan(back.recent[1]) and back.recent[2] == 0.0
 
 
 # -- Slack, bot token --------------------------------------------------------------------
@@ -397,12 +405,70 @@ def test_block_kit_message_is_valid_for_slack_sdk_models(state: str) -> None:
 
     from cliffwatch.alerting.notifiers import _slack_message
 
+    recent = [30.0] * 25 + [math.nan] + [0.0] * 4
     alert = Alert("payments.captured", state, 1_700_000_642, "page", -3.6, 0.0 if state ==
-                  "firing" else 29.1, 30.2, "payments.captured@1700000042", 1_700_000_042, -3.0)
+                  "firing" else 29.1, 30.2, "payments.captured@1700000042", 1_700_000_042, -3.0,
+                  recent, [("https://wiki.example.com/pay?a=1&b=2", "Runbook")])
     text, blocks = _slack_message(alert)
     assert text
+    assert f"`{'█' * 25}·▁▁▁▁`" in blocks[2]["text"]["text"]
+    assert "<https://wiki.example.com/pay?a=1&amp;b=2|Runbook>" in blocks[-1]["elements"][0]["text"]
     for raw in blocks:
         block = Block.parse(raw)
         assert block is not None
         block.validate_json()
         assert block.to_dict() == raw
+
+
+def test_sparkline_draws_each_minute_against_the_largest() -> None:
+    """Zero is the lowest bar, the largest rate the highest, NaN a gap; nothing known:
+    no picture at all."""
+    from cliffwatch.alerting.notifiers import sparkline
+
+    assert sparkline([0.0, 25.0, 50.0, math.nan, 10.0]) == "▁▅█·▂"
+    assert sparkline([0.0, 0.0]) == "▁▁"
+    assert sparkline([math.nan, math.nan]) == sparkline([]) == ""
+
+
+def test_slack_message_shows_the_last_minutes_and_the_links(stub: Recorder) -> None:
+    """The firing message and the resolve update carry the per-minute picture of the
+    metric and the rule's links; an alert without recent rates has no picture block."""
+    notifier = slack(stub)
+    recent = [20.0] * 27 + [0.5, 0.4, 0.4]
+    links = [("https://wiki.example.com/orders", "Runbook"),
+             ("https://grafana.example.com/d/o", "Dashboard")]
+    memo = notifier.send(alert(recent=recent, links=links), {})
+    notifier.send(alert("resolved", recent=recent[3:] + [19.0, 19.5, 20.0], links=links), memo)
+    post = stub.requests_to("/api/chat.postMessage")[0].json
+    update = stub.requests_to("/api/chat.update")[0].json
+    for body in (post, json.loads(update["blocks"]) if isinstance(update["blocks"], str)
+                 else update):
+        blocks = body["blocks"] if isinstance(body, dict) else body
+        said = json.dumps(blocks, ensure_ascii=False)
+        assert "*Last 30 min*, events/s per minute" in said
+        assert "<https://wiki.example.com/orders|Runbook>" in said
+        assert "<https://grafana.example.com/d/o|Dashboard>" in said
+    assert "`" + "█" * 27 + "▁▁▁`" in json.dumps(post["blocks"], ensure_ascii=False)
+    stub.clear()
+    notifier.send(alert(), {})
+    plain = stub.requests_to("/api/chat.postMessage")[0].json["blocks"]
+    assert "Last" not in json.dumps(plain)
+
+
+def test_pagerduty_trigger_carries_the_links(stub: Recorder) -> None:
+    """The Events v2 trigger sends the rule's runbook and dashboard as `links`
+    ({href, text}), which the stand-in accepts; the resolve needs none."""
+    links = [("https://wiki.example.com/orders", "Runbook"),
+             ("https://grafana.example.com/d/o", "Dashboard")]
+    notifier = pagerduty(stub)
+    memo = notifier.send(alert(links=links), {})
+    notifier.send(alert("resolved", links=links), memo)
+    trigger, resolve = (r.json for r in stub.requests_to("/v2/enqueue"))
+    assert trigger["links"] == [
+        {"href": "https://wiki.example.com/orders", "text": "Runbook"},
+        {"href": "https://grafana.example.com/d/o", "text": "Dashboard"},
+    ]
+    assert "links" not in resolve
+    stub.clear()
+    notifier.send(alert(), {})
+    assert "links" not in stub.requests_to("/v2/enqueue")[0].json

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SEVERITIES = ("page", "notify")
@@ -15,6 +17,10 @@ class Alert:
 
     Rates are events per second. ``incident_id`` and ``started_at`` are the same on the
     firing and the resolved alert of one incident.
+
+    ``recent`` is the metric's events/s in each of its last minutes (oldest first, NaN
+    where it had no data; empty when unknown), for a picture of the drop; ``links`` are
+    ``(href, text)`` pairs (runbook, dashboard) sent along with it.
 
     Raises :class:`ValueError` naming the field when ``state`` or ``severity`` is not
     one of the known values.
@@ -36,8 +42,16 @@ class Alert:
     started_at: int
     """Epoch second the incident fired."""
     threshold: float
+    recent: Sequence[float] = field(default=(), compare=False)
+    """Events/s of each of the last minutes, oldest first (NaN: no data)."""
+    links: Sequence[Sequence[str]] = ()
+    """``(href, text)`` of the rule's runbook and dashboard."""
 
     def __post_init__(self) -> None:
+        recent = tuple(math.nan if r is None else float(r) for r in self.recent)
+        object.__setattr__(self, "recent", recent)
+        links = tuple((str(href), str(text)) for href, text in self.links)
+        object.__setattr__(self, "links", links)
         if self.state not in STATES:
             raise ValueError(f"Alert.state must be one of {STATES}, not {self.state!r}")
         if self.severity not in SEVERITIES:
@@ -56,4 +70,6 @@ class Alert:
             "incident_id": self.incident_id,
             "started_at": self.started_at,
             "threshold": self.threshold,
+            "recent": [None if math.isnan(r) else r for r in self.recent],
+            "links": [list(link) for link in self.links],
         }

@@ -54,6 +54,7 @@ __all__ = [
     "escape_mrkdwn",
     "pagerduty_dedup_key",
     "reminder_text",
+    "sparkline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ PAGERDUTY_DEDUP_KEY = "pagerduty_dedup_key"
 
 PAGERDUTY_SEVERITY = {"page": "critical", "notify": "warning"}
 SUMMARY_LIMIT = 1024  # characters PagerDuty accepts in payload.summary
+SPARK_BARS = "▁▂▃▄▅▆▇█"
+SPARK_GAP = "·"
 
 
 class Notifier(Protocol):
@@ -153,6 +156,40 @@ def reminder_text(alert: Alert) -> str:
     )
 
 
+def sparkline(rates: Iterable[float]) -> str:
+    """One character per rate, ``▁`` (zero) to ``█`` (the largest), ``·`` where a rate is
+    NaN (no data); ``""`` when no rate is known. Negative rates count as zero."""
+    values = [float(r) for r in rates]
+    known = [max(0.0, r) for r in values if math.isfinite(r)]
+    if not known:
+        return ""
+    top = max(known)
+    top_bar = len(SPARK_BARS) - 1
+    out = []
+    for r in values:
+        if not math.isfinite(r):
+            out.append(SPARK_GAP)
+        else:
+            out.append(SPARK_BARS[round(max(0.0, r) / top * top_bar) if top > 0 else 0])
+    return "".join(out)
+
+
+def _picture(alert: Alert) -> str:
+    """``Last 30 min, events/s per minute (0 to 52/s): `▇▇█▇▁▁```; ``""`` without data."""
+    line = sparkline(alert.recent)
+    if not line:
+        return ""
+    known = [r for r in alert.recent if math.isfinite(r)]
+    scale = f"{_rate(max(0.0, min(known)))} to {_rate(max(known))}/s"
+    return f"*Last {len(alert.recent)} min*, events/s per minute ({scale}): `{line}`"
+
+
+def _link(href: str, text: str) -> str:
+    """A Slack mrkdwn link whose URL and text cannot break out of ``<...|...>``."""
+    safe = escape_mrkdwn(href).replace("|", "%7C")
+    return f"<{safe}|{escape_mrkdwn(text).replace('|', '/')}>"
+
+
 def _mrkdwn(text: str) -> dict[str, Any]:
     # verbatim: Slack must not auto-link URLs or parse @here-style mentions in the text.
     return {"type": "mrkdwn", "text": text, "verbatim": True}
@@ -186,8 +223,13 @@ def _slack_message(alert: Alert) -> tuple[str, list[dict[str, Any]]]:
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": _mrkdwn(f"{icon} *{label}* {headline}")},
         {"type": "section", "fields": [_mrkdwn(field) for field in fields]},
-        {"type": "context", "elements": [_mrkdwn(f"incident {_code(alert.incident_id)}")]},
     ]
+    picture = _picture(alert)
+    if picture:
+        blocks.append({"type": "section", "text": _mrkdwn(picture)})
+    context = [f"incident {_code(alert.incident_id)}"]
+    context += [_link(href, link_text) for href, link_text in alert.links]
+    blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join(context))]})
     return text, blocks
 
 
@@ -449,6 +491,23 @@ class SlackNotifier:
             **thread,
         )
 
+    def post(self, text: str, blocks: list[dict[str, Any]]) -> dict[str, str]:
+        """Post one new message (e.g. a digest) to the channel; return its
+        ``{"slack_channel": ..., "slack_ts": ...}`` (empty through a webhook). Raises
+        DeliveryError as :meth:`send` does."""
+        if self._webhook is not None:
+            self._post_webhook(text, blocks)
+            return {}
+        answer = self._call(
+            "chat.postMessage",
+            channel=self._channel,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return {SLACK_CHANNEL: str(answer["channel"]), SLACK_TS: str(answer["ts"])}
+
     def _call(self, method: str, **arguments: Any) -> SlackResponse:
         """Call a Web API method; raise DeliveryError (never chained to the SDK's error)."""
         assert self._client is not None
@@ -642,10 +701,13 @@ class PagerDutyNotifier:
                     "started_at": _iso(alert.started_at),
                 },
             }
+            if alert.links:
+                event["links"] = [{"href": href, "text": text} for href, text in alert.links]
         else:
             event["event_action"] = "resolve"
         self._poster.post(json.dumps(event).encode())
         return {PAGERDUTY_DEDUP_KEY: dedup_key}
+
 
 def _pagerduty_detail(answer: bytes) -> str:
     """The useful part of a PagerDuty error body, short."""

@@ -202,6 +202,21 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(v > 0, c / v, np.nan)
 
+    def minute_rates(self, i: int, minutes: int = 30) -> np.ndarray:
+        """Metric ``i``'s events per second in each of the last ``minutes`` closed minutes
+        (at most :data:`MINUTE_RING`), oldest first; NaN for a minute without data or not
+        seen yet. Raises ``IndexError`` for an unknown metric."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"no metric {i} (the detector has {self.n})")
+        minutes = max(0, min(minutes, MINUTE_RING))
+        if self.next_second is None or not minutes:
+            return np.full(minutes, np.nan)
+        last = self.next_second // 60 - 1  # the newest closed minute (epoch minutes)
+        idx = np.arange(last - minutes + 1, last + 1) % MINUTE_RING
+        count, valid = self._mcount[i, idx], self._mvalid[i, idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(valid > 0, count / valid, np.nan)
+
     def update(self, counts: np.ndarray, start: int) -> list[Transition]:
         """Feed ``counts[:, j]`` for epoch second ``start + j``; return the transitions."""
         counts = np.asarray(counts, float)
