@@ -34,34 +34,65 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import CliffwatchError
 from ..metrics.store import Store
+from ..rules.config import RuleSet
 from .alert import Alert
 from .alertmanager import ALERTMANAGER, WEBHOOK
 from .notifiers import Notifier
-from .outbox import PAGER, Fence, Outbox
+from .outbox import PAGER, SLACK, Fence, Outbox, is_pager
 from .silences import Silence, Silences
 
 log = logging.getLogger("cliffwatch.alerting")
 
 
+def slack_channel_notifier(channel: str) -> str:
+    """The notifier (and outbox channel) name of a rule's own Slack channel."""
+    return f"{SLACK}:{channel}"
+
+
+def pagerduty_service_notifier(service: str) -> str:
+    """The notifier (and outbox channel) name of a ``[pagerduty.services]`` service."""
+    return f"{PAGER}:{service}"
+
+
 @dataclass
 class Route:
     """The notifiers each severity goes to: ``page`` to the pager and Slack, ``notify``
-    to Slack only; both to an Alertmanager and a webhook sink, if there are any."""
+    to Slack only; both to an Alertmanager and a webhook sink, if there are any.
+
+    With ``rules`` (called for the rules in force), a metric whose rule names its own
+    ``slack_channel`` goes to the notifier ``slack:<channel>`` instead of ``slack`` (to
+    ``slack`` when there is no such notifier, e.g. with a webhook), and one whose rule
+    names a PagerDuty service to ``pagerduty:<service>`` instead of ``pagerduty``
+    (nowhere when that service has no notifier: never another team's pager).
+    """
 
     notifiers: Mapping[str, Notifier]
     by_severity: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {
-            "page": ("pagerduty", "slack", ALERTMANAGER, WEBHOOK),
-            "notify": ("slack", ALERTMANAGER, WEBHOOK),
+            "page": (PAGER, SLACK, ALERTMANAGER, WEBHOOK),
+            "notify": (SLACK, ALERTMANAGER, WEBHOOK),
         }
     )
+    rules: Callable[[], RuleSet] | None = None
 
-    def targets(self, severity: str) -> list[tuple[str, Notifier]]:
-        return [
-            (name, self.notifiers[name])
-            for name in self.by_severity.get(severity, ())
-            if name in self.notifiers
-        ]
+    def targets(self, severity: str, metric: str | None = None) -> list[tuple[str, Notifier]]:
+        """The (name, notifier) pairs an alert of ``severity`` (of ``metric``) goes to."""
+        rule = self.rules().match(metric) if self.rules is not None and metric else None
+        out = []
+        for name in self.by_severity.get(severity, ()):
+            if rule is not None and name == SLACK and rule.slack_channel:
+                own = slack_channel_notifier(rule.slack_channel)
+                name = own if own in self.notifiers else name
+            elif rule is not None and name == PAGER and rule.pagerduty:
+                name = pagerduty_service_notifier(rule.pagerduty)
+            if name in self.notifiers:
+                out.append((name, self.notifiers[name]))
+        return out
+
+    def links(self, metric: str) -> tuple[tuple[str, str], ...]:
+        """``(href, text)`` of ``metric``'s runbook and dashboard (see
+        :meth:`~cliffwatch.rules.config.RuleSet.links`); none without ``rules``."""
+        return self.rules().links(metric) if self.rules is not None else ()
 
 
 class Incidents:
@@ -95,6 +126,9 @@ class Incidents:
         self.silences = silences
         self.outbox = Outbox(store, route.notifiers, clock=clock, fence=fence)
         self._route = route
+        self.recent: Callable[[str], Sequence[float]] | None = None
+        """Gives a metric's events/s of each of its last minutes (oldest first), to be
+        carried on its alerts (:attr:`Alert.recent`); ``None``: no picture."""
 
     @property
     def route(self) -> Route:
@@ -140,9 +174,9 @@ class Incidents:
         st = self.state(metric)
         self._check_fence(st)
         silence = self._silence(metric, at)
-        stale = tuple(f"{name}_" for name in self.route.notifiers)
+        stale = tuple(f"{name.split(':')[0]}_" for name in self.route.notifiers)
         earlier = {k: "" for k in st if k.startswith("sent:") or k.startswith(stale)}
-        channels = [name for name, _ in self.route.targets(severity)]
+        channels = [name for name, _ in self.route.targets(severity, metric)]
         self.store.set_state(
             metric,
             {
@@ -165,7 +199,18 @@ class Incidents:
             },
         )
         alert = Alert(
-            metric, "firing", at, severity, score, rate, baseline, incident_id, at, threshold
+            metric,
+            "firing",
+            at,
+            severity,
+            score,
+            rate,
+            baseline,
+            incident_id,
+            at,
+            threshold,
+            self._recent(metric),
+            self.route.links(metric),
         )
         self._announce(alert, silence.id if silence else "")
         if silence is None:
@@ -187,10 +232,16 @@ class Incidents:
             metric,
             {"state": "ok", "resolved_at": at, "pending": ",".join(pending), **self._epoch()},
         )
-        alert = replace(self._alert_from(metric, st, "resolved"), at=at, score=score, rate=rate)
+        alert = replace(
+            self._alert_from(metric, st, "resolved"),
+            at=at,
+            score=score,
+            rate=rate,
+            recent=self._recent(metric),
+        )
         self._announce(alert, st.get("silence_id", "?") if silenced else "")
         if not silenced:
-            self.outbox.append(alert, self._channels(st))
+            self.outbox.append(alert, self._channels(metric, st))
         return alert
 
     def remind(self, metric: str, at: int, score: float, rate: float, every: int) -> Alert | None:
@@ -209,8 +260,8 @@ class Incidents:
             return None
         targets = [
             name
-            for name in self._channels(st)
-            if name != PAGER
+            for name in self._channels(metric, st)
+            if not is_pager(name)
             and name in self.outbox.channels
             and hasattr(self.outbox.channels[name].notifier, "remind")
         ]
@@ -245,12 +296,13 @@ class Incidents:
                 continue
             for state in (p for p in st.get("pending", "").split(",") if p):
                 if state in ("firing", "resolved"):
-                    out.append((self._alert_from(metric, st, state), self._channels(st)))
+                    out.append((self._alert_from(metric, st, state), self._channels(metric, st)))
         return out
 
-    def _channels(self, st: Mapping[str, str]) -> list[str]:
+    def _channels(self, metric: str, st: Mapping[str, str]) -> list[str]:
         listed = [c for c in st.get("channels", "").split(",") if c]
-        return listed or [name for name, _ in self.route.targets(st.get("severity", "page"))]
+        severity = st.get("severity", "page")
+        return listed or [name for name, _ in self.route.targets(severity, metric)]
 
     def _check_fence(self, st: Mapping[str, str]) -> None:
         if self.fence is not None:
@@ -274,7 +326,19 @@ class Incidents:
             st.get("incident_id", ""),
             started,
             float(st.get("threshold", "-3")),
+            links=self.route.links(metric),
         )
+
+    def _recent(self, metric: str) -> tuple[float, ...]:
+        """The metric's recent per-minute rates, if :attr:`recent` can tell (a failure
+        there costs the picture, never the alert)."""
+        if self.recent is None:
+            return ()
+        try:
+            return tuple(float(r) for r in self.recent(metric))
+        except Exception:  # noqa: BLE001 (a picture is not worth an alert)
+            log.warning("no recent rates for %s", metric, exc_info=True)
+            return ()
 
     def _silence(self, metric: str, at: int) -> Silence | None:
         if self.silences is None:

@@ -29,6 +29,15 @@ Reminders (an incident still firing, see :meth:`Outbox.append`) are entries of k
 only while that incident is still the open one; they set no ``sent:`` flag, so a crash
 at the wrong moment may repeat one.
 
+Quiet hours (:mod:`cliffwatch.alerting.quiet`) take part through two hooks: :attr:`Outbox.hold`
+may keep an entry's Slack channels out of the stream (the alert waits for the digest), and
+entries of kind ``digest`` are sent by :attr:`Outbox.digest`, through the channel's
+notifier, with the same order, backoff and fencing as any entry.
+
+A channel is named after its notifier: ``slack`` and ``pagerduty`` (the rules' default
+route), ``slack:<channel>`` and ``pagerduty:<service>`` (a rule's own); each is its own
+consumer group, so one Slack channel or PagerDuty service failing holds back no other.
+
 Two ways to drive it: :meth:`Outbox.deliver_due` delivers in the calling thread (the
 worker on simulated time), :meth:`Outbox.start` runs one daemon thread per channel, so a
 Slack that hangs or rate-limits never delays the page.
@@ -62,6 +71,7 @@ PAGER_HEAD_START_S = 1.0
 tried an entry first (not at all while the pager is backing off), so the page usually
 goes out first; the pager never waits for anyone."""
 PAGER = "pagerduty"
+SLACK = "slack"
 CONSUMER = "leader"
 """Every worker reads as the same consumer: only the leader reads, and a new leader
 finds its predecessor's unacknowledged entries as its own."""
@@ -89,6 +99,16 @@ class Fence(Protocol):
     def check(self, seen: int | str | None = None) -> None:
         """Raise LostLeadership unless this worker leads and ``seen`` is not newer."""
         ...
+
+
+def is_pager(channel: str) -> bool:
+    """True for a PagerDuty channel (``pagerduty`` or ``pagerduty:<service>``)."""
+    return channel == PAGER or channel.startswith(PAGER + ":")
+
+
+def is_slack(channel: str) -> bool:
+    """True for a Slack channel (``slack`` or ``slack:<channel>``)."""
+    return channel == SLACK or channel.startswith(SLACK + ":")
 
 
 def is_permanent(error: DeliveryError) -> bool:
@@ -133,6 +153,13 @@ class Outbox:
         self.on_delivery: Callable[[str, str], None] | None = None
         """Called with (channel, ``sent`` / ``failed`` / ``dropped``) after each try
         (e.g. to count deliveries); it must not raise."""
+        self.hold: Callable[[Alert, Sequence[str], bool], Sequence[str]] | None = None
+        """Called by :meth:`append` with (alert, channels, is a reminder): returns the
+        channels to queue it for now (the others keep it elsewhere). May raise
+        ``StoreError``."""
+        self.digest: Callable[[str, Notifier, Mapping[str, str]], None] | None = None
+        """Sends an entry of kind ``digest`` (channel name, its notifier, the entry's
+        fields); raises DeliveryError as a notifier does."""
 
     def counted(self, channel: str, outcome: str) -> None:
         """Report one delivery try of ``channel`` to :attr:`on_delivery`."""
@@ -178,6 +205,8 @@ class Outbox:
         channel to send it to). With ``reminder``, the entry reminds that the incident
         of ``alert`` is still firing. Raises ``StoreError``."""
         channels = [c for c in channels if c in self.channels]
+        if channels and self.hold is not None:
+            channels = [c for c in self.hold(alert, channels, reminder) if c in channels]
         if not channels:
             return None
         self.open()
@@ -197,6 +226,18 @@ class Outbox:
             self.channels[name].wake.set()
         return entry_id
 
+    def append_digest(self, channel: str, fields: Mapping[str, str]) -> str | None:
+        """Queue a ``digest`` entry (``fields``, sent by :attr:`digest`) for one
+        channel; ``None`` if there is no such channel. Raises ``StoreError``."""
+        if channel not in self.channels:
+            return None
+        self.open()
+        entry_id = self.store.outbox_add(
+            {**fields, "kind": "digest", "channels": channel, "epoch": str(self.epoch)}, MAXLEN
+        )
+        self.channels[channel].wake.set()
+        return entry_id
+
     def requeue(self, alerts: Sequence[tuple[Alert, Sequence[str]]]) -> int:
         """Append again transitions whose state hash says they are not delivered
         everywhere (the worker may have died between writing the state and appending).
@@ -208,7 +249,7 @@ class Outbox:
         """Give every channel whose backoff has passed one go, in this thread (the pager
         first)."""
         self.open_quietly()
-        for channel in sorted(self.channels.values(), key=lambda c: c.name != PAGER):
+        for channel in sorted(self.channels.values(), key=lambda c: not is_pager(c.name)):
             if self._leading():
                 channel.step()
 
@@ -266,9 +307,10 @@ class Outbox:
     def after_pager(self, channel: _Channel, entry_id: str, channels: Sequence[str]) -> None:
         """With delivery threads, let the pager try ``entry_id`` first (waits at most
         :data:`PAGER_HEAD_START_S`)."""
-        pager = self.channels.get(PAGER)
-        if not self._threads or channel.name == PAGER or PAGER not in channels or not pager:
+        pagers = [self.channels[c] for c in channels if is_pager(c) and c in self.channels]
+        if not self._threads or is_pager(channel.name) or not pagers:
             return
+        pager = pagers[0]
         wanted = _stream_id(entry_id)
         with self._tried:
             self._tried.wait_for(
@@ -373,6 +415,8 @@ class _Channel:
                 fence.check(fields.get("epoch"))
             except CliffwatchError:
                 return "fenced"
+        if fields.get("kind") == "digest":
+            return self._digest(fields)
         try:
             alert = Alert(**json.loads(fields["alert"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -411,6 +455,31 @@ class _Channel:
             sent = "1"
         self.outbox.counted(self.name, "sent" if sent == "1" else "dropped")
         self.outbox.record(alert.metric, alert.incident_id, channels, {**update, flag: sent})
+        return "done"
+
+    def _digest(self, fields: Mapping[str, str]) -> str:
+        """Send a digest entry through :attr:`Outbox.digest`."""
+        send = self.outbox.digest
+        if send is None:
+            log.error("dropping a digest for %s: nothing here sends digests", self.name)
+            return "done"
+        try:
+            send(self.name, self.notifier, fields)
+        except DeliveryError as exc:
+            if not is_permanent(exc):
+                log.warning("digest to %s failed: %s", self.name, exc)
+                self.outbox.counted(self.name, "failed")
+                return "retry"
+            log.error("dropping a digest for %s, refused: %s", self.name, exc)
+            self.outbox.counted(self.name, "dropped")
+            return "done"
+        except CliffwatchError:
+            raise  # Redis: the channel backs off and reads the entry again
+        except Exception:  # a bug must not stop delivery of the others
+            log.exception("digest to %s failed", self.name)
+            self.outbox.counted(self.name, "failed")
+            return "retry"
+        self.outbox.counted(self.name, "sent")
         return "done"
 
     def _remind(self, alert: Alert) -> str:

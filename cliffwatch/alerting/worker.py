@@ -22,6 +22,11 @@ thread per notifier); a follower ticks and learns like the leader, so when it ta
 it compares what its detector says with the open incidents and carries on. A worker
 driven by ``tick()`` without a ``leader`` acts alone and delivers in the ticking thread.
 
+Where an incident goes follows its rule: its own ``slack_channel`` and PagerDuty
+service, else the ``[slack]`` and ``[pagerduty]`` defaults (:class:`~.incidents.Route`).
+During the rules' ``[quiet_hours]`` the Slack alerts of ``notify`` incidents are held
+and sent as one digest when the window is over (:mod:`cliffwatch.alerting.quiet`).
+
 While an incident is still firing, the leader reminds Slack (never the pager) every
 ``[defaults] reminder`` of the rules (30 min unless set; ``"0"``: never); see
 :meth:`~cliffwatch.alerting.incidents.Incidents.remind`.
@@ -53,9 +58,10 @@ from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
 from .alert import Alert
 from .alertmanager import ALERTMANAGER, WEBHOOK, AlertmanagerNotifier, WebhookNotifier, hold_for
 from .blind import BLIND_METRIC, BlindWatch
-from .incidents import Incidents, Route
+from .incidents import Incidents, Route, pagerduty_service_notifier, slack_channel_notifier
 from .leader import Leader, LostLeadership
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
+from .quiet import QuietHold
 from .selfmetrics import WorkerMetrics
 from .silences import Silences
 
@@ -74,7 +80,10 @@ HEARTBEAT_TTL_S = 10.0
 
 def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
     """The notifiers a rules file asks for (secrets already resolved from the
-    environment). Raises :class:`ConfigError` for unusable settings."""
+    environment): ``slack`` and ``pagerduty`` for the defaults, ``slack:<channel>`` for
+    each channel a rule names (with a bot token) and ``pagerduty:<service>`` for each
+    ``[pagerduty.services]`` service with a routing key. Raises :class:`ConfigError`
+    for unusable settings."""
     out: dict[str, Notifier] = {}
     slack = rules.slack
     if slack is not None and slack.token and slack.channel:
@@ -83,11 +92,21 @@ def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
         )
     elif slack is not None and slack.webhook_url:
         out["slack"] = SlackNotifier(webhook_url=slack.webhook_url)
+    if slack is not None and slack.token:
+        for channel in dict.fromkeys(r.slack_channel for r in rules.rules if r.slack_channel):
+            out[slack_channel_notifier(channel)] = SlackNotifier(
+                token=slack.token, channel=channel, base_url=slack.base_url
+            )
     pd = rules.pagerduty
     if pd is not None and pd.routing_key:
         out["pagerduty"] = PagerDutyNotifier(
             routing_key=pd.routing_key, url=pd.url, source=pd.source
         )
+    for service in pd.services.values() if pd is not None else ():
+        if pd is not None and service.routing_key:
+            out[pagerduty_service_notifier(service.name)] = PagerDutyNotifier(
+                routing_key=service.routing_key, url=pd.url, source=service.source
+            )
     if rules.alertmanager is not None:
         # Re-sent by the reminders; endsAt covers two reminder intervals.
         out[ALERTMANAGER] = AlertmanagerNotifier(
@@ -136,12 +155,17 @@ class Worker:
         self.warmup_minutes = warmup_minutes
         self.incidents = Incidents(
             store,
-            Route(build_notifiers(rules) if notifiers is None else notifiers),
+            Route(
+                build_notifiers(rules) if notifiers is None else notifiers,
+                rules=lambda: self.rules,
+            ),
             on_alert=on_alert,
             clock=clock,
             silences=Silences(store, clock=clock),
             fence=leader,
         )
+        self.incidents.recent = self.minute_rates
+        self.quiet = QuietHold(store, self.incidents.outbox, rules.quiet_hours, clock=clock)
         self.leader = leader
         self.monitor = monitor
         if monitor is not None:
@@ -216,6 +240,8 @@ class Worker:
         if now - self._last_rescan >= RESCAN_EVERY_S:
             self._rescan(now)
         self._follow_leader()
+        if self._acting:
+            self.quiet.flush(now)  # the quiet-hours digest, once the window is over
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
@@ -308,8 +334,12 @@ class Worker:
             raise
         for warning in rules.warnings:
             log.warning("%s", warning)
-        if (rules.slack, rules.pagerduty) != (old_rules.slack, old_rules.pagerduty):
-            log.warning("rules reload: [slack] and [pagerduty] changes take effect on restart")
+        where = (rules.slack, rules.pagerduty, rules.quiet_hours)
+        if where != (old_rules.slack, old_rules.pagerduty, old_rules.quiet_hours):
+            log.warning(
+                "rules reload: [slack], [pagerduty] and [quiet_hours] changes take effect "
+                "on restart"
+            )
         log.info("rules reloaded from %s: %d rules", path, len(rules.rules))
         return True
 
@@ -464,6 +494,15 @@ class Worker:
             blobs[m] = buf.getvalue()
         self.store.set_blobs(blobs)  # one pipelined round trip per 10,000 metrics
         self._last_snapshot = self.clock()
+
+    def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
+        """``metric``'s events/s in each of its last ``minutes`` closed minutes, oldest
+        first (NaN: no data); empty for a metric this worker does not watch."""
+        try:
+            i = self.metrics.index(metric)
+        except ValueError:
+            return []
+        return [float(r) for r in self.detector.minute_rates(i, minutes)]
 
     def write_status(self, at: int) -> None:
         """Publish each metric's figures for ``cliffwatch status``."""

@@ -4,7 +4,7 @@ All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts 
 one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
 no script touches more than one key. The few keys shared by all metrics (``Pmetrics``,
 ``Pemitters``, ``Pdrops``, ``Psilences``, ``Pleader``, ``Pleader:epoch``, ``Poutbox``,
-``Pworker:heartbeat``, ``Pworker:last_tick``) are each one
+``Pworker:heartbeat``, ``Pworker:last_tick``, ``Pquiet:held``) are each one
 key, read and written on its own; in Redis Cluster each lives in its own slot, so the
 worker's outbox (one stream) sits on one shard, which is ample for alert traffic.
 
@@ -41,6 +41,10 @@ key                             type    holds
                                         switch (gone: no worker is ticking)
 ``Pworker:last_tick``           string  the same epoch without expiry, so ``cliffwatch
                                         status`` can say how long ago it stopped
+``Pquiet:held``                 hash    ``<incident id>|<firing/resolved/reminder>`` ->
+                                        JSON of a ``notify`` alert held during quiet
+                                        hours, until the digest takes it (see
+                                        :mod:`cliffwatch.alerting.quiet`)
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -115,3 +119,8 @@ class Keys:
     def last_tick(self) -> str:
         """Epoch of the leader worker's last tick (no expiry)."""
         return f"{self.prefix}worker:last_tick"
+
+    @property
+    def quiet_held(self) -> str:
+        """Hash of the ``notify`` alerts held for the quiet-hours digest."""
+        return f"{self.prefix}quiet:held"

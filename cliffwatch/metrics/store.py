@@ -465,6 +465,33 @@ class Store:
         with self._errors("deleting silences"):
             return int(self.client.hdel(self.keys.silences, *silence_ids))
 
+    # -- alerts held for the quiet-hours digest (see cliffwatch.alerting.quiet) -----
+
+    def hold(self, name: str, data: str) -> None:
+        """Keep a held alert under ``name`` (replacing one of the same name). Raises
+        ``StoreError``."""
+        with self._errors("holding an alert for the digest"):
+            self.client.hset(self.keys.quiet_held, name, data)
+
+    def held(self) -> dict[str, str]:
+        """Every held alert: name -> its JSON text. Raises ``StoreError``."""
+        with self._errors("reading the held alerts"):
+            raw = self.client.hgetall(self.keys.quiet_held)
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    def any_held(self) -> bool:
+        """True when some alert is held. Raises ``StoreError``."""
+        with self._errors("reading the held alerts"):
+            return bool(self.client.hlen(self.keys.quiet_held))
+
+    def release(self, names: Sequence[str]) -> int:
+        """Forget the held alerts ``names``; return how many there were. Raises
+        ``StoreError``."""
+        if not names:
+            return 0
+        with self._errors("releasing held alerts"):
+            return int(self.client.hdel(self.keys.quiet_held, *names))
+
     # -- the worker leader's lease (see cliffwatch.alerting.leader) -----------------
 
     def acquire_lease(self, token: str, ttl_ms: int) -> int | None:
