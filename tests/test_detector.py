@@ -147,3 +147,24 @@ def test_snapshot_restore_and_prime_continue_exactly() -> None:
     tb = b.update(tail[None, :], T0 + cut)
     assert [(t.state, t.at) for t in ta] == [(t.state, t.at) for t in tb]
     assert [t.state for t in ta] == ["firing", "resolved"]
+
+
+def test_minute_rates_are_the_last_minutes_oldest_first() -> None:
+    """minute_rates gives each of the last N minutes' events/s (NaN without data), the
+    minute being filled last, over its seconds so far."""
+    det = Detector(2, warmup_minutes=1)
+    start = 1_800_000_000  # a whole minute
+    counts = np.full((2, 5 * 60 + 20), 10.0)
+    counts[0, 120:180] = np.nan  # minute 2 of metric 0: no data
+    counts[0, 240:300] = 3.0  # minute 4: 3/s
+    counts[0, 300:] = 0.0  # the minute being filled: 20 s of nothing so far
+    det.update(counts, start)
+    rates = det.minute_rates(0, 8)
+    assert rates.shape == (8,)
+    assert np.isnan(rates[:2]).all() and np.isnan(rates[4])
+    assert rates[2:4].tolist() == [10.0, 10.0] and rates[5:].tolist() == [10.0, 3.0, 0.0]
+    assert det.minute_rates(1, 3).tolist() == [10.0, 10.0, 10.0]
+    det.update(np.full((2, 40), 0.0), start + 320)  # the minute closes: 20 s of 0, 40 of 0
+    assert det.minute_rates(0, 2).tolist() == [3.0, 0.0]
+    with pytest.raises(IndexError):
+        det.minute_rates(2)

@@ -203,17 +203,24 @@ class Detector:
             return np.where(v > 0, c / v, np.nan)
 
     def minute_rates(self, i: int, minutes: int = 30) -> np.ndarray:
-        """Metric ``i``'s events per second in each of the last ``minutes`` closed minutes
-        (at most :data:`MINUTE_RING`), oldest first; NaN for a minute without data or not
-        seen yet. Raises ``IndexError`` for an unknown metric."""
+        """Metric ``i``'s events per second in each of its last ``minutes`` minutes (at
+        most :data:`MINUTE_RING`), oldest first: the minute being filled last, over its
+        seconds so far (when it has any with data), the closed minutes before it; NaN
+        for a minute without data or not seen yet. Raises ``IndexError`` for an unknown
+        metric."""
         if not 0 <= i < self.n:
             raise IndexError(f"no metric {i} (the detector has {self.n})")
         minutes = max(0, min(minutes, MINUTE_RING))
         if self.next_second is None or not minutes:
             return np.full(minutes, np.nan)
         last = self.next_second // 60 - 1  # the newest closed minute (epoch minutes)
-        idx = np.arange(last - minutes + 1, last + 1) % MINUTE_RING
+        partial = self.next_second % 60 != 0 and self._minute_valid[i] > 0
+        closed = minutes - 1 if partial else minutes
+        idx = np.arange(last - closed + 1, last + 1) % MINUTE_RING
         count, valid = self._mcount[i, idx], self._mvalid[i, idx]
+        if partial:
+            count = np.append(count, self._minute_sum[i])
+            valid = np.append(valid, self._minute_valid[i])
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(valid > 0, count / valid, np.nan)
 
