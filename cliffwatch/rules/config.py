@@ -51,7 +51,7 @@ import tomllib
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from datetime import time as Time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -255,10 +255,6 @@ class QuietHours:
         if self.start < self.end:
             return self.start <= now < self.end
         return now >= self.start or now < self.end
-
-    def local(self, epoch: float) -> datetime:
-        """Epoch second ``epoch`` as a time in the window's zone."""
-        return datetime.fromtimestamp(epoch, tz=UTC).astimezone(zoneinfo.ZoneInfo(self.timezone))
 
 
 @dataclass(frozen=True, slots=True)
