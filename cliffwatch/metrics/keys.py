@@ -34,7 +34,8 @@ key                             type    holds
                                         lease: its fencing epoch
 ``Poutbox``                     stream  alert transitions waiting for delivery, one
                                         consumer group per notifier (``slack``,
-                                        ``pagerduty``); see
+                                        ``pagerduty``, ``slack:<channel>``,
+                                        ``pagerduty:<service>``); see
                                         :mod:`cliffwatch.alerting.outbox`
 ``Pworker:heartbeat``           string  epoch of the leader worker's last tick, with a
                                         PX expiry of a few seconds: the dead-man's

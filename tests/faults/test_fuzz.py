@@ -71,13 +71,15 @@ def assert_clean(result: Result, args: list[str]) -> None:
 
 KEYS = ["metric", "severity", "threshold", "min_rate", "description", "runbook", "channel",
         "base_url", "token_env", "url", "source", "routing_key_env", "token", "key",
-        "thresold", "webhook_url_env", ""]
+        "thresold", "webhook_url_env", "slack_channel", "pagerduty", "dashboard", "start",
+        "end", "timezone", "payments", ""]
 VALUES = ['"orders.created"', '"payments.*"', '"page"', '"notify"', '"Page"', "-3.0", "-4",
           "0", "1e400", "nan", "inf", "-inf", "true", '"#oncall"', '"http://127.0.0.1:9/"',
           '"ftp://x"', '"MY_VAR"', '"1BAD"', "[1, 2]", "{a = 1}", "1979-05-27", '"\\u0000"',
-          '""', '"[ab"', "9" * 5000, '"Ünïcode ✓"', '"""multi\nline"""', "'lit'"]
+          '""', '"[ab"', "9" * 5000, '"Ünïcode ✓"', '"""multi\nline"""', "'lit'", '"01:00"',
+          "07:30:00", '"Europe/Berlin"', '"Mars/Olympus"', '{routing_key_env = "PD_KEY"}']
 TABLES = ["[[rule]]", "[defaults]", "[slack]", "[pagerduty]", "[rule]", "[[slack]]",
-          "[other]", "[[rule.sub]]", ""]
+          "[other]", "[[rule.sub]]", "[quiet_hours]", "[pagerduty.services]", ""]
 
 rules_lines = st.one_of(
     st.sampled_from(TABLES),
