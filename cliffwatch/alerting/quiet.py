@@ -161,12 +161,17 @@ class QuietHold:
         if post is None:
             log.error("dropping a digest for %s: the notifier cannot post one", channel)
             return
-        alerts = [(str(e["kind"]), Alert(**e["alert"])) for e in json.loads(fields["items"])]
+        try:
+            items = json.loads(fields["items"])
+            alerts = [(str(e["kind"]), Alert(**e["alert"])) for e in items]
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("dropping an unreadable digest for %s: %s", channel, exc)
+            return
         metrics = sorted({a.metric for _, a in alerts})
         states = dict(zip(metrics, self.store.get_states(metrics), strict=True))
         digest = summarize(alerts, states)
-        text, blocks = digest_message(digest, fields.get("timezone", "UTC"))
-        post(text, blocks)
+        if digest.count:  # else only reminders of incidents told of since: say nothing
+            post(*digest_message(digest, fields.get("timezone", "UTC")))
         for kind, alert in alerts:
             if kind != REMINDER:
                 self.outbox.record(
@@ -302,8 +307,6 @@ def digest_message(digest: Digest, zone: str) -> tuple[str, list[dict[str, Any]]
         if len(lines) > LINES_PER_SECTION:
             shown.append(f"… and {len(lines) - LINES_PER_SECTION} more")
         blocks.append({"type": "section", "text": _mrkdwn(f"*{title}*\n" + "\n".join(shown))})
-    if not digest.count:
-        blocks.append({"type": "section", "text": _mrkdwn("Nothing is open any more.")})
     return text, blocks
 
 
