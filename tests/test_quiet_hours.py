@@ -125,15 +125,18 @@ def test_summarize_puts_each_incident_once_in_its_section() -> None:
 def test_blind_and_reminders_are_held_and_a_page_never_is(
     store: Store, clock: FakeClock, stub: Recorder
 ) -> None:
-    """Inside the window the "monitoring blind" incident (notify) and a reminder of a
-    notify incident are held in Redis, not posted; a page goes out at once. After the
-    window one digest lists the blind incident as fired and resolved and the other as
-    still open; its transitions are marked sent by the digest, nothing stays pending."""
+    """Inside the window the "monitoring blind" incident (notify), a reminder of a
+    notify incident and the resolve of another are held in Redis, not posted; a page
+    goes out at once. After the window one digest lists the blind incident as fired and
+    resolved, the reminded one as still open and the other as resolved, whose firing
+    message (posted before the window) is edited to show the resolve; the transitions
+    are marked sent by the digest, nothing stays pending."""
     slack = SlackNotifier(token=TOKEN, channel="#oncall", base_url=stub.slack_api_url)
     incidents = Incidents(store, Route({"slack": slack}), clock=clock)
     quiet = QuietHold(store, incidents.outbox, QuietHours(Time(1), Time(7), BERLIN), clock=clock)
     clock.now = epoch("2027-01-15T00:00:00")
     incidents.fire(SIGNUPS, int(clock.now), "notify", -3, -5, 0.0, 50.0)  # before the window
+    incidents.fire(NEWSLETTER, int(clock.now), "notify", -3, -5, 0.0, 50.0)
     incidents.retry_pending()
     clock.now = epoch("2027-01-15T02:00:00")
     at = int(clock.now)
@@ -141,22 +144,32 @@ def test_blind_and_reminders_are_held_and_a_page_never_is(
     incidents.remind(SIGNUPS, at + 60, -5, 0.0, 60)
     incidents.fire(ORDERS, at, "page", -3, -6, 0.0, 50.0)
     incidents.resolve(BLIND_METRIC, at + 600, 0, 49.0)
+    incidents.resolve(NEWSLETTER, at + 900, 0, 48.0)
     incidents.retry_pending()
-    told, page = stub.requests_to(POST)
+    told, told_too, page = stub.requests_to(POST)
     assert "`signups.completed`" in told.data["text"] and "`orders.created`" in page.data["text"]
+    assert "`newsletter.opened`" in told_too.data["text"]
+    assert stub.requests_to("/api/chat.update") == []
     assert sorted(store.held()) == sorted([f"{BLIND_METRIC}@{at}|firing",
                                            f"{BLIND_METRIC}@{at}|resolved",
-                                           f"{SIGNUPS}@{at - 7200}|reminder"])
+                                           f"{SIGNUPS}@{at - 7200}|reminder",
+                                           f"{NEWSLETTER}@{at - 7200}|resolved"])
     assert store.get_state(BLIND_METRIC)["pending"] == "firing,resolved"
     assert quiet.flush() == 0  # still quiet
     clock.now = epoch("2027-01-15T07:00:00")
     assert quiet.flush() == 1
     assert store.held() == {}
     incidents.retry_pending()
-    _, _, digest = stub.requests_to(POST)
+    *_, digest = stub.requests_to(POST)
     said = json.dumps(digest.data["blocks"], ensure_ascii=False)
     assert digest.data["text"] == (":crescent_moon: Quiet hours digest: 1 still open, "
-                                   "1 fired and resolved, 0 resolved")
+                                   "1 fired and resolved, 1 resolved")
+    assert (f"`{NEWSLETTER}` back to 48.0/s (50.0/s normal) at 02:15 CET, after 2 h 15 min "
+            "down (since 00:00 CET)") in said
+    [edit] = stub.requests_to("/api/chat.update")
+    assert edit.data["ts"] == store.get_state(NEWSLETTER)["slack_ts"]
+    assert "RESOLVED" in edit.data["text"] and "`newsletter.opened`" in edit.data["text"]
+    assert store.get_state(NEWSLETTER)["pending"] == ""
     assert f"`{BLIND_METRIC}` fell to 0/s (50.0/s normal) at 02:00 CET, back at 02:10 CET" in said
     assert f"`{SIGNUPS}` down since 00:00 CET" in said
     st = store.get_state(BLIND_METRIC)
@@ -164,7 +177,7 @@ def test_blind_and_reminders_are_held_and_a_page_never_is(
         "", "digest", "digest")
     assert quiet.flush(clock.now + 3600) == 0
     incidents.retry_pending()
-    assert len(stub.requests_to(POST)) == 3
+    assert len(stub.requests_to(POST)) == 4
 
 
 # -- the worker across the window --------------------------------------------------------

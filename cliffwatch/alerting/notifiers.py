@@ -491,6 +491,22 @@ class SlackNotifier:
             **thread,
         )
 
+    def edit(self, alert: Alert, memo: Mapping[str, str]) -> bool:
+        """Edit the incident's firing message (the memo's ``slack_ts``) to show ``alert``,
+        without a thread reply; False when there is no message to edit (webhook, no
+        ``ts``, or Slack refused, e.g. it is gone). Raises DeliveryError when Slack
+        cannot be reached."""
+        ts, channel = memo.get(SLACK_TS), memo.get(SLACK_CHANNEL) or self._channel
+        if self._client is None or not ts:
+            return False
+        text, blocks = _slack_message(alert)
+        try:
+            self._call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
+        except _SlackRefused as refused:
+            logger.warning("%s; not edited", refused)
+            return False
+        return True
+
     def post(self, text: str, blocks: list[dict[str, Any]]) -> dict[str, str]:
         """Post one new message (e.g. a digest) to the channel; return its
         ``{"slack_channel": ..., "slack_ts": ...}`` (empty through a webhook). Raises

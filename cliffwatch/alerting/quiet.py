@@ -27,7 +27,10 @@ The digest lists each incident once, by what became of it:
 - **resolved**: it fired before the window (that alert went out) and resolved during it.
 
 After the digest, the incident's next transition is delivered as usual; a resolve then
-posts a new message (there is no firing message of its own to update).
+posts a new message (there is no firing message of its own to update). An incident
+whose firing message was posted before the window and that resolved inside it has that
+message edited to show the resolve when the digest goes out (no thread reply: the digest
+is the one new message).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import DeliveryError
 from ..metrics.store import Store
 from ..rules.config import NOTIFY, QuietHours
 from .alert import Alert
@@ -172,6 +176,7 @@ class QuietHold:
         digest = summarize(alerts, states)
         if digest.count:  # else only reminders of incidents told of since: say nothing
             post(*digest_message(digest, fields.get("timezone", "UTC")))
+        self._edit_in_place(channel, notifier, alerts, states)
         for kind, alert in alerts:
             if kind != REMINDER:
                 self.outbox.record(
@@ -180,6 +185,32 @@ class QuietHold:
                     [channel],
                     {f"sent:{channel}:{kind}": "digest"},
                 )
+
+
+    def _edit_in_place(
+        self,
+        channel: str,
+        notifier: Notifier,
+        alerts: Sequence[tuple[str, Alert]],
+        states: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        """Show the resolve on the firing message of each incident that fired (and was
+        posted) before the window and resolved inside it, as outside quiet hours — an
+        edit, without the thread reply, so the digest stays the one new message. A
+        failed edit is logged (the digest has told)."""
+        edit = getattr(notifier, "edit", None)
+        if edit is None:
+            return
+        for kind, alert in alerts:
+            st = states.get(alert.metric, {})
+            if kind != "resolved" or st.get("incident_id") != alert.incident_id:
+                continue
+            if st.get(f"sent:{channel}:firing") != "1":
+                continue  # its firing was held too: there is no message to edit
+            try:
+                edit(alert, st)
+            except DeliveryError as exc:
+                log.warning("could not mark %s resolved in its message: %s", alert.metric, exc)
 
 
 @dataclass
