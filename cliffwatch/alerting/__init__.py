@@ -3,7 +3,8 @@
 from .alert import Alert
 from .alertmanager import AlertmanagerNotifier, WebhookNotifier
 from .incidents import Incidents, Route
-from .notifiers import PagerDutyNotifier, SlackNotifier, escape_mrkdwn
+from .notifiers import PagerDutyNotifier, SlackNotifier, escape_mrkdwn, sparkline
+from .quiet import QuietHold
 from .worker import Worker, build_notifiers
 
 __all__ = [
@@ -11,10 +12,12 @@ __all__ = [
     "AlertmanagerNotifier",
     "Incidents",
     "PagerDutyNotifier",
+    "QuietHold",
     "Route",
     "SlackNotifier",
     "WebhookNotifier",
     "Worker",
     "build_notifiers",
     "escape_mrkdwn",
+    "sparkline",
 ]

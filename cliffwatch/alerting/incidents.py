@@ -13,12 +13,17 @@ State hash fields: ``state`` (``ok`` / ``firing``), ``incident_id``, ``started_a
 ``severity``, ``threshold``, ``score``, ``rate``, ``baseline``, ``resolved_at``,
 ``pending`` (transitions not yet delivered everywhere, e.g. ``firing,resolved``),
 ``sent:<notifier>:<state>`` = ``1`` (or ``dropped`` when the notifier refused it for
-good), ``channels`` (the notifiers the incident goes to), ``epoch`` (the fencing epoch of
-the worker that wrote the transition, see :mod:`cliffwatch.alerting.leader`),
+good, ``digest`` when the quiet-hours digest told it, see
+:mod:`cliffwatch.alerting.quiet`), ``channels`` (the notifiers the incident goes to),
+``epoch`` (the fencing epoch of the worker that wrote the transition, see
+:mod:`cliffwatch.alerting.leader`),
 ``silenced`` (``1`` when the incident started inside a silence) and ``silence_id``,
 ``reminded_at`` (epoch second of the last Slack reminder, see :meth:`Incidents.remind`),
 and the notifiers' own memo (e.g. the Slack message's ``ts``, so the resolve updates the
 same message).
+
+Each incident goes to the notifiers its :class:`Route` picks for its severity and its
+rule (a rule's own Slack channel or PagerDuty service), listed in ``channels``.
 
 An incident that starts inside a silence (see :mod:`cliffwatch.alerting.silences`) is
 recorded but delivered nowhere, and its resolve is not delivered either, even when the
