@@ -102,10 +102,11 @@ def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
         out["pagerduty"] = PagerDutyNotifier(
             routing_key=pd.routing_key, url=pd.url, source=pd.source
         )
+    url = pd.url if pd is not None else ""
     for service in pd.services.values() if pd is not None else ():
-        if pd is not None and service.routing_key:
+        if service.routing_key:
             out[pagerduty_service_notifier(service.name)] = PagerDutyNotifier(
-                routing_key=service.routing_key, url=pd.url, source=service.source
+                routing_key=service.routing_key, url=url, source=service.source
             )
     if rules.alertmanager is not None:
         # Re-sent by the reminders; endsAt covers two reminder intervals.
@@ -334,11 +335,10 @@ class Worker:
             raise
         for warning in rules.warnings:
             log.warning("%s", warning)
-        where = (rules.slack, rules.pagerduty, rules.quiet_hours)
-        if where != (old_rules.slack, old_rules.pagerduty, old_rules.quiet_hours):
+        if _where_alerts_go(rules) != _where_alerts_go(old_rules):
             log.warning(
-                "rules reload: [slack], [pagerduty] and [quiet_hours] changes take effect "
-                "on restart"
+                "rules reload: [slack], [pagerduty], [quiet_hours] and the rules' own "
+                "channels and services take effect on restart"
             )
         log.info("rules reloaded from %s: %d rules", path, len(rules.rules))
         return True
@@ -496,8 +496,9 @@ class Worker:
         self._last_snapshot = self.clock()
 
     def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
-        """``metric``'s events/s in each of its last ``minutes`` closed minutes, oldest
-        first (NaN: no data); empty for a metric this worker does not watch."""
+        """``metric``'s events/s in each of its last ``minutes`` minutes, oldest first,
+        the minute in progress last (see :meth:`Detector.minute_rates`; NaN: no data);
+        empty for a metric this worker does not watch."""
         try:
             i = self.metrics.index(metric)
         except ValueError:
@@ -571,6 +572,12 @@ class Worker:
                 alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
                 if alert is not None:
                     out.append(alert)
+
+
+def _where_alerts_go(rules: RuleSet) -> tuple[object, ...]:
+    """What of ``rules`` is read at start only: the notifiers and quiet hours."""
+    own = sorted({(r.slack_channel, r.pagerduty) for r in rules.rules})
+    return (rules.slack, rules.pagerduty, rules.quiet_hours, own)
 
 
 def _read_snapshot(metric: str, blob: bytes | None) -> dict[str, np.ndarray] | None:
