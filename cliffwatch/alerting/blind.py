@@ -40,24 +40,29 @@ closed seconds show data of it again. Its alert has ``rate`` 0 (firing) or the e
 of its recent seconds with data (resolved), ``baseline`` the metric's normal rate,
 ``score`` minus the seconds without data and ``threshold`` minus :data:`BLIND_AFTER_S`.
 A silence covering the metric (:mod:`cliffwatch.alerting.silences`) silences its no-data
-alert too. While no-data incidents are open for metrics that stop being watched (a rule
-removed), they stay open, like a page of such a metric.
+alert too. While it is open, it is reminded like a page (``[defaults] reminder``: a reply
+in the Slack thread, the alert re-sent to an Alertmanager; see :meth:`BlindWatch.remind`),
+and the metric's status hash carries ``no_data_since`` (``cliffwatch status`` shows
+``no data``). A no-data incident of a metric that stops being watched (its rule removed)
+stays open, like a page of such a metric.
 
 Cost per tick: the decision for every metric is one vectorized comparison of the
 detector's :attr:`~cliffwatch.rules.detector.Detector.last_data` with the closed end,
 against a mask of the open no-data incidents kept in memory. Redis is read (one HGETALL
 of the incident's state, then the writes of :meth:`Incidents.fire` or ``resolve``) only
-for the metrics that change state; the mask is loaded from Redis (one pipelined round
-trip of HGETALLs per 10,000 metrics) when the watched metrics change and when the worker
-starts acting (after a restart or a leader change), so a restarted worker neither
-announces an open incident twice nor forgets to resolve it.
+for the metrics that change state, and for reminders only when one is due by the
+rhythm kept in memory; the mask is loaded from Redis (one pipelined round trip of
+HGETALLs) when the watched metrics change and when the worker starts acting (after a
+restart or a leader change), so a restarted worker neither announces an open incident
+twice nor forgets to resolve it.
 
 What it cannot tell: emitters are not tracked per metric. A metric that only one app
 process emits, lazily (``emit`` before any ``@event`` registers it), has no data after
 that process restarts until its first event: if that takes longer than
 :data:`BLIND_AFTER_S` (a quiet metric), it is announced as no data and resolved by its
 first event. A metric only a periodic job emits is announced each time the job ends.
-Silence such metrics, or register them at start.
+Silence such metrics, or register them at start. Many metrics losing their only app at
+once while others flush are as many Slack messages: no-data alerts are not grouped.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class BlindWatch:
         self._watched: list[str] | None = None  # the metrics _open is aligned with
         self._open = np.zeros(0, bool)  # which of them have a no-data incident open
         self._since: dict[str, int] = {}  # metric -> start of its open no-data incident
+        self._reminded: dict[str, int] = {}  # metric -> its last reminder (or its start)
         self._flushing_from: int | None = None  # first closed second since apps flush
 
     def reset(self) -> None:
@@ -272,10 +278,12 @@ class BlindWatch:
     def _load(self, metrics: Sequence[str]) -> None:
         """Read from Redis which of ``metrics`` have a no-data incident open."""
         states = self.store.get_states([no_data_incident(m) for m in metrics])
-        self._since = {
-            m: int(st.get("started_at") or 0)
-            for m, st in zip(metrics, states, strict=True)
-            if st.get("state") == "firing"
+        opened = [
+            (m, st) for m, st in zip(metrics, states, strict=True) if st.get("state") == "firing"
+        ]
+        self._since = {m: int(st.get("started_at") or 0) for m, st in opened}
+        self._reminded = {
+            m: int(st.get("reminded_at") or st.get("started_at") or 0) for m, st in opened
         }
         self._open = np.fromiter((m in self._since for m in metrics), bool, len(metrics))
         self._watched = list(metrics)
@@ -286,6 +294,7 @@ class BlindWatch:
         st = self.incidents.state(name)
         if st.get("state") == "firing":  # opened by another worker, or before a restart
             self._since[metric] = int(st.get("started_at") or end)
+            self._reminded[metric] = int(st.get("reminded_at") or self._since[metric])
             return None
         log.warning(
             "%s: no data for %d s while other app processes flush: its emitters stopped "
@@ -303,13 +312,38 @@ class BlindWatch:
             baseline,
             silence_as=metric,
         )
-        self._since[metric] = end
+        self._since[metric] = self._reminded[metric] = end
+        self.store.set_state(metric, {"no_data_since": end})  # for `status` at once
         return alert
 
     def _resolve(self, metric: str, end: int, quiet: float, rate: float) -> Alert | None:
         """Close ``metric``'s no-data incident: it has data again."""
         self._since.pop(metric, None)
+        self._reminded.pop(metric, None)
         alert = self.incidents.resolve(no_data_incident(metric), end, -quiet, rate)
+        self.store.set_state(metric, {"no_data_since": ""})
         if alert is not None:
             log.warning("%s has data again", metric)
         return alert
+
+    def remind(self, at: int, every: int, detector: Detector, metrics: Sequence[str]) -> int:
+        """Queue a reminder (Slack, Alertmanager; see :meth:`Incidents.remind`) of each
+        open no-data incident whose last reminder, or start, is ``every`` seconds old at
+        epoch second ``at``; return how many were queued. Only those due are read from
+        Redis. Raises ``StoreError``, or ``LostLeadership`` as :class:`Incidents` does."""
+        if every <= 0 or self._watched is None:
+            return 0
+        due = [m for m, last in self._reminded.items() if at - last >= every]
+        if not due:
+            return 0
+        index = {m: i for i, m in enumerate(metrics)}
+        sent = 0
+        for metric in due:
+            i = index.get(metric)
+            quiet = at - detector.last_data[i] if i is not None else math.inf
+            reminder = self.incidents.remind(
+                no_data_incident(metric), at, -min(float(quiet), 1e9), 0.0, every
+            )
+            self._reminded[metric] = at
+            sent += reminder is not None
+        return sent

@@ -180,7 +180,11 @@ def headline(alert: Alert, name: str) -> str:
 
 
 def reminder_text(alert: Alert) -> str:
-    """``still down: 0.4/s vs 19.8/s normal, for 30 min`` (``alert.at`` is now)."""
+    """``still down: 0.4/s vs 19.8/s normal, for 30 min`` (``alert.at`` is now); for a
+    "no data" alert ``still no data, for 30 min (normally 19.8/s)``."""
+    if alert.no_data_of is not None:
+        normal = f" (normally {_rate(alert.baseline)}/s)" if math.isfinite(alert.baseline) else ""
+        return f"still no data, for {_duration(alert.at - alert.started_at)}{normal}"
     return (
         f"still down: {_rate(alert.rate)}/s vs {_rate(alert.baseline)}/s normal,"
         f" for {_duration(alert.at - alert.started_at)}"
@@ -475,7 +479,7 @@ class SlackNotifier:
         """Say that ``alert``'s incident is still firing (:func:`reminder_text`): a reply
         in the firing message's thread (not broadcast) when the memo has its ``ts``, else
         a new message. Raises DeliveryError as :meth:`send` does."""
-        text = f":hourglass: {_code(alert.metric)} {reminder_text(alert)}"
+        text = f":hourglass: {_code(subject(alert))} {reminder_text(alert)}"
         blocks = [{"type": "section", "text": _mrkdwn(text)}]
         if self._webhook is not None:
             self._post_webhook(text, blocks)

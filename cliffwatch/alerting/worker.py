@@ -516,6 +516,9 @@ class Worker:
                 )
                 if reminder is not None and self.monitor is not None:
                     self.monitor.reminders.inc()
+            reminded = self.blind.remind(at, every, det, self.metrics)
+            if reminded and self.monitor is not None:
+                self.monitor.reminders.inc(reminded)
         except LostLeadership as exc:
             log.warning("stopped deciding: %s", exc)
             self._acting = False
