@@ -102,7 +102,9 @@ data is announced on its own."""
 
 NO_DATA_MEMORY_S = 3600
 """A metric without data for longer than this (and no no-data incident open) is not
-announced: it is gone, not silent."""
+announced: it is gone, not silent. A restarted worker knows as much of a metric's past
+as its detector's history reaches (at least
+:data:`~cliffwatch.rules.detector.HISTORY_S`, about 18 min, before its snapshot)."""
 
 
 class BlindWatch:
@@ -172,10 +174,10 @@ class BlindWatch:
         which metrics have no data; open or resolve the incidents; return the alerts
         decided, blind first.
 
-        Costs one HGETALL of the emitters a call, one of the blind incident's state when
-        some metric lacks the latest second, plus the reads and writes of the incidents
-        that change state (see the module docstring). Raises ``StoreError`` if Redis
-        fails.
+        Costs two HGETALLs a call (the emitters, the blind incident's state), one HMGET
+        per metric while every emitter is silent or the blind incident is resolving, plus
+        the reads and writes of the no-data incidents that change state (see the module
+        docstring). Raises ``StoreError`` if Redis fails.
         """
         if not metrics:
             return []
