@@ -548,8 +548,8 @@ def test_a_killed_app_is_no_data_on_slack_once_never_a_page_and_resolves_when_ba
     resolve_s = stub.requests[1].received_at - restarted_at
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 0, processes.log("worker")
-    print(f"\nno data: Slack notice {notice_s:.1f} s after SIGKILL of the app; "
-          f"resolved {resolve_s:.1f} s after it was started again")
+    print(f"\nno data: Slack notice {notice_s:.2f} s after SIGKILL of the app; "
+          f"resolved {resolve_s:.2f} s after it was started again")
 
     assert [r.path for r in stub.requests] == [POST, UPDATE, POST], processes.log("worker")
     assert "RESOLVED" in slack_texts(stub)[1] and "has data again" in slack_texts(stub)[1]
