@@ -12,7 +12,7 @@ from conftest import FakeClock
 from httpstub import ALERTMANAGER_PATH, PAGERDUTY_PATH, WEBHOOK_PATH, Recorder
 from test_worker import METRIC, RATE, ROUTING_KEY, Shop
 
-from cliffwatch.alerting.alert import Alert
+from cliffwatch.alerting.alert import Alert, no_data_incident
 from cliffwatch.alerting.alertmanager import (
     ALERTMANAGER,
     WEBHOOK,
@@ -79,6 +79,23 @@ def test_alertmanager_firing_then_resolved(stub: Recorder) -> None:
     )
     assert "back to 18.7/s (normal 19.8/s) after 12 min" in ended["annotations"]["summary"]
     assert "generatorURL" not in fired
+
+
+def test_a_no_data_alert_is_its_own_alertname_under_the_metric(stub: Recorder) -> None:
+    """A metric's "no data" alert goes to Alertmanager as ``CliffwatchNoData`` with the
+    metric's own name, so it never folds into (or resolves) a drop of that metric."""
+    notifier = AlertmanagerNotifier(url=stub.base_url, hold_s=3600, clock=lambda: NOW)
+    name = no_data_incident("orders.created")
+    nodata = Alert(name, "firing", STARTED, "notify", -11.0, 0.0, 19.8, f"{name}@{STARTED}",
+                   STARTED, -10.0)
+    notifier.send(nodata, {})
+    notifier.send(alert(), {})
+    [[fired], [drop]] = (r.json for r in stub.requests_to(ALERTMANAGER_PATH))
+    assert fired["labels"] == {"alertname": "CliffwatchNoData", "metric": "orders.created",
+                               "severity": "notify"}
+    assert fired["annotations"]["summary"].startswith("orders.created: no data for 11 s — ")
+    assert drop["labels"]["alertname"] == "CliffwatchDrop"
+    assert fingerprint(fired["labels"]) != fingerprint(drop["labels"])
 
 
 def test_alertmanager_remind_moves_ends_at_ahead(stub: Recorder) -> None:

@@ -168,3 +168,23 @@ def test_minute_rates_are_the_last_minutes_oldest_first() -> None:
     assert det.minute_rates(0, 2).tolist() == [3.0, 0.0]
     with pytest.raises(IndexError):
         det.minute_rates(2)
+
+
+def test_last_data_is_the_newest_second_with_data_whatever_the_chunks() -> None:
+    """``last_data`` is the epoch second of each metric's newest second with data: NaN
+    seconds (no data) leave it alone, zeros move it, priming counts too, and -inf means
+    none yet."""
+    counts = np.full((3, 120), np.nan)
+    counts[0, :100] = 5.0  # data, then 20 s without
+    counts[1, :] = 0.0  # zero events every second: data
+    for step in (1, 7, 120):
+        det = Detector(3, warmup_minutes=WARMUP)
+        for j in range(0, 120, step):
+            det.update(counts[:, j : j + step], T0 + j)
+        assert det.last_data[0] == T0 + 99 and det.last_data[1] == T0 + 119
+        assert det.last_data[2] == -math.inf
+    primed = Detector(3, warmup_minutes=WARMUP)
+    primed.prime(counts, T0)
+    assert list(primed.last_data[:2]) == [T0 + 99, T0 + 119]
+    primed.update(np.full((3, 5), np.nan), T0 + 130)  # a jump, then no data
+    assert list(primed.last_data[:2]) == [T0 + 99, T0 + 119]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from httpstub import SLACK_WEBHOOK_PATH, Recorder, Request, slack_channel_id
 
-from cliffwatch.alerting.alert import Alert
+from cliffwatch.alerting.alert import Alert, no_data_incident
 from cliffwatch.alerting.notifiers import (
     PAGERDUTY_DEDUP_KEY,
     SLACK_CHANNEL,
@@ -472,3 +472,43 @@ def test_pagerduty_trigger_carries_the_links(stub: Recorder) -> None:
     stub.clear()
     notifier.send(alert(), {})
     assert "links" not in stub.requests_to("/v2/enqueue")[0].json
+
+
+def test_a_no_data_notice_names_the_metric_and_says_it_is_no_drop(stub: Recorder) -> None:
+    """A metric's "no data" alert reads as the apps having stopped reporting, not as a
+    drop, under the metric's own name (escaped); its resolve says the data is back."""
+    name = no_data_incident(EVIL)
+    fired = alert(metric=name, severity="notify", score=-12.0, threshold=-10.0, rate=0.0,
+                  incident_id=f"{name}@{STARTED}")
+    notifier = slack(stub)
+    memo = notifier.send(fired, {})
+    notifier.send(replace(fired, state="resolved", at=STARTED + 180, rate=18.7), memo)
+
+    post, update, _reply = stub.requests
+    text = post.json["text"]
+    assert text.startswith(":warning: NOTIFY: `")
+    assert f"`{escape_mrkdwn(EVIL)}`: no data for 12 s — the app processes that send it " \
+           "stopped reporting (other apps still flush); not a drop of the business, " \
+           "not paged" in text
+    assert "cliffwatch.no-data" not in text and "fell to" not in text
+    assert "<" not in texts(post) and ">" not in texts(post)
+    assert "*No data for*\\n12 s (after 10 s)" in texts(post)
+    resolved = update.json["text"]
+    assert "RESOLVED" in resolved
+    assert "has data again after 3 min: 18.7/s (normal 19.8/s)" in resolved
+
+
+@pytest.mark.parametrize("state", ["firing", "resolved"])
+def test_no_data_block_kit_message_is_valid_for_slack_sdk_models(state: str) -> None:
+    """The "no data" blocks pass slack-sdk's Block Kit validation too."""
+    from slack_sdk.models.blocks import Block
+
+    from cliffwatch.alerting.notifiers import _slack_message
+
+    name = no_data_incident("payments.captured")
+    alert = Alert(name, state, 1_700_000_642, "notify", -10.0, 0.0 if state == "firing"
+                  else 29.1, 30.2, f"{name}@1700000042", 1_700_000_042, -10.0)
+    for raw in _slack_message(alert)[1]:
+        block = Block.parse(raw)
+        assert block is not None
+        block.validate_json()

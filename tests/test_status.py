@@ -190,6 +190,33 @@ def test_status_text_and_no_data_when_the_worker_stops(store: Store) -> None:
     assert later.silences == []
 
 
+def test_a_metric_whose_apps_stopped_reporting_is_no_data_in_text_and_json(
+    store: Store, redis_url: str, prefix: str
+) -> None:
+    """A metric whose "no data" alert the worker has open shows as `no data`, with since
+    when, in the text view and in `status --json` (`no_data_since`), even while older
+    counts of it are still within the last minute."""
+    now = math.floor(time.time())
+    store.write_counts({now - k: {ORDERS: RATE, SIGNUPS: RATE} for k in range(30, 90)})
+    store.write_counts({now - k: {SIGNUPS: RATE} for k in range(1, 30)})
+    store.set_state(ORDERS, {"status": "ok", "status_at": now - 1, "no_data_since": now - 19})
+    store.set_state(SIGNUPS, {"status": "ok", "status_at": now - 1, "no_data_since": ""})
+    overview = collect(store, now=now)
+    rows = {m.metric: m for m in overview.metrics}
+    assert (rows[ORDERS].status, rows[ORDERS].no_data_since) == ("no data", now - 19)
+    assert (rows[SIGNUPS].status, rows[SIGNUPS].no_data_since) == ("ok", None)
+    [line] = [x for x in render(overview).splitlines() if x.startswith(ORDERS)]
+    assert " no data " in line and "(19s, no data: its apps stopped reporting)" in line
+
+    result = CliRunner().invoke(main, ["status", "--json", "--redis-url", redis_url,
+                                       "--prefix", prefix])
+    assert result.exit_code == 0, result.output
+    shown = {m["metric"]: m for m in json.loads(result.output)["metrics"]}
+    assert shown[ORDERS]["status"] == "no data"
+    assert shown[ORDERS]["no_data_since"] == now - 19
+    assert shown[SIGNUPS]["no_data_since"] is None
+
+
 def test_status_of_an_empty_redis(redis_url: str, prefix: str) -> None:
     """With nothing flushed yet, `status` says so, and `--json` has empty lists."""
     env = {"CLIFFWATCH_REDIS_URL": redis_url, "CLIFFWATCH_PREFIX": prefix}

@@ -1,4 +1,12 @@
-"""The :class:`Alert` record: one alert transition (firing or resolved) of one metric."""
+"""The :class:`Alert` record: one alert transition (firing or resolved) of one metric,
+and the names of the incidents that are about the monitoring rather than the business.
+
+- :data:`BLIND_METRIC`: no app process at all is flushing (see
+  :mod:`cliffwatch.alerting.blind`);
+- ``cliffwatch.no-data:<metric>`` (:func:`no_data_incident`): the app processes that send
+  ``<metric>`` stopped reporting while others still flush. A ``:`` never occurs in a
+  metric name, so these names cannot clash with a metric's.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,23 @@ from typing import Any, Literal
 
 SEVERITIES = ("page", "notify")
 STATES = ("firing", "resolved")
+
+BLIND_METRIC = "cliffwatch.monitoring-blind"
+"""The name the "monitoring blind" incident is kept and announced under."""
+
+NO_DATA_PREFIX = "cliffwatch.no-data:"
+"""A metric's "no data" incident is kept and announced under this prefix and its name."""
+
+
+def no_data_incident(metric: str) -> str:
+    """The name ``metric``'s "no data" incident is kept under (its state hash, its alerts):
+    ``cliffwatch.no-data:<metric>``."""
+    return NO_DATA_PREFIX + metric
+
+
+def no_data_metric(name: str) -> str | None:
+    """The metric a "no data" incident name is about, or ``None`` if ``name`` is not one."""
+    return name[len(NO_DATA_PREFIX) :] if name.startswith(NO_DATA_PREFIX) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +81,11 @@ class Alert:
             raise ValueError(f"Alert.state must be one of {STATES}, not {self.state!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"Alert.severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    @property
+    def no_data_of(self) -> str | None:
+        """The metric this is a "no data" alert of, or ``None`` for any other alert."""
+        return no_data_metric(self.metric)
 
     def to_json(self) -> dict[str, Any]:
         """The alert as a JSON-ready dict (every field, under its own name)."""

@@ -10,7 +10,8 @@ Alertmanager's webhook JSON.
 - :class:`WebhookNotifier` POSTs the JSON body Alertmanager itself sends to a webhook
   receiver (``version: "4"``), one alert per request.
 
-Both send the labels ``alertname="CliffwatchDrop"``, ``metric``, ``severity`` plus the
+Both send the labels ``alertname="CliffwatchDrop"`` (``"CliffwatchNoData"`` for a metric's
+"no data" alert, see :mod:`cliffwatch.alerting.blind`), ``metric``, ``severity`` plus the
 configured ones, and keep no memo. Any 2xx is success; 429, 5xx and connection errors
 are retried with capped exponential backoff (0.5 s, 1 s, 2 s ... at most 8 s, or the
 answer's Retry-After), ``attempts`` tries in all and no wait past ``max_elapsed``
@@ -32,10 +33,10 @@ from cliffwatch.alerting.notifiers import (
     JsonPoster,
     _check_http_url,
     _check_retries,
-    _fell,
     _iso,
     _rate,
-    _recovered,
+    headline,
+    subject,
 )
 from cliffwatch.errors import ConfigError
 from cliffwatch.rules.config import label_problem
@@ -43,6 +44,7 @@ from cliffwatch.rules.config import label_problem
 __all__ = [
     "ALERTMANAGER",
     "ALERTNAME",
+    "NO_DATA_ALERTNAME",
     "WEBHOOK",
     "AlertmanagerNotifier",
     "WebhookNotifier",
@@ -59,6 +61,7 @@ ALERTMANAGER = "alertmanager"
 WEBHOOK = "webhook"
 """Channel name of :class:`WebhookNotifier`."""
 ALERTNAME = "CliffwatchDrop"
+NO_DATA_ALERTNAME = "CliffwatchNoData"
 ALERTS_PATH = "/api/v2/alerts"
 HOLD_WITHOUT_REMINDERS_S = 86_400
 """``endsAt`` horizon of a firing alert when reminders are off: nothing re-sends it."""
@@ -75,16 +78,15 @@ def hold_for(reminder_s: int) -> int:
 
 
 def alert_labels(alert: Alert, extra: Mapping[str, str]) -> dict[str, str]:
-    """The alert's identity in Alertmanager: alertname, metric, severity and ``extra``."""
-    return {**extra, "alertname": ALERTNAME, "metric": alert.metric, "severity": alert.severity}
+    """The alert's identity in Alertmanager: alertname, metric, severity and ``extra``.
+    A "no data" alert is ``alertname="CliffwatchNoData"`` with the metric it is about."""
+    name = ALERTNAME if alert.no_data_of is None else NO_DATA_ALERTNAME
+    return {**extra, "alertname": name, "metric": subject(alert), "severity": alert.severity}
 
 
 def alert_annotations(alert: Alert) -> dict[str, str]:
     """``summary`` (one line in words) and ``description`` (rate, normal rate, score)."""
-    if alert.state == "firing":
-        summary = f"{alert.metric} {_fell(alert)}"
-    else:
-        summary = f"{alert.metric} {_recovered(alert)}"
+    summary = headline(alert, subject(alert))
     description = (
         f"rate {_rate(alert.rate)}/s, normal {_rate(alert.baseline)}/s,"
         f" score {alert.score:.1f} (threshold {alert.threshold:.1f}),"

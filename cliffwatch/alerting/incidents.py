@@ -168,17 +168,21 @@ class Incidents:
         score: float,
         rate: float,
         baseline: float,
+        *,
+        silence_as: str | None = None,
     ) -> Alert:
         """Open an incident (written first, then queued in the outbox). What the
         notifiers kept of an earlier incident of the metric (sent flags, message ts,
         dedup key) is blanked, so the new one is delivered afresh. An incident starting
         inside a silence is written with ``silenced=1`` and not delivered (if the
         silences cannot be read, it is delivered: better a page too many than a missed
-        one). Raises ``StoreError``, or ``LostLeadership`` as the class says."""
+        one); silences are matched against ``silence_as`` when given (the business
+        metric a "no data" incident is about), else against ``metric``. Raises
+        ``StoreError``, or ``LostLeadership`` as the class says."""
         incident_id = f"{metric}@{at}"
         st = self.state(metric)
         self._check_fence(st)
-        silence = self._silence(metric, at)
+        silence = self._silence(metric if silence_as is None else silence_as, at)
         stale = tuple(f"{name.split(':')[0]}_" for name in self.route.notifiers)
         earlier = {k: "" for k in st if k.startswith("sent:") or k.startswith(stale)}
         channels = [name for name, _ in self.route.targets(severity, metric)]

@@ -52,9 +52,11 @@ __all__ = [
     "PagerDutyNotifier",
     "SlackNotifier",
     "escape_mrkdwn",
+    "headline",
     "pagerduty_dedup_key",
     "reminder_text",
     "sparkline",
+    "subject",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,8 +150,44 @@ def _recovered(alert: Alert) -> str:
     )
 
 
+def _no_data_for(alert: Alert) -> str:
+    """How long a "no data" alert's metric had no data when it fired: ``12 s``."""
+    seconds = -alert.score
+    return _duration(int(seconds)) if math.isfinite(seconds) else "a while"
+
+
+def subject(alert: Alert) -> str:
+    """The name an alert is about: the metric, also for its "no data" alert."""
+    return alert.no_data_of or alert.metric
+
+
+def headline(alert: Alert, name: str) -> str:
+    """What happened, after the (formatted) ``name`` of :func:`subject`: for a drop
+    ``orders.created fell to 0.4/s from 19.8/s (−98%)`` or ``... is back to 18.7/s
+    (normal 19.8/s) after 12 min``; for a "no data" alert ``orders.created: no data for
+    12 s — the app processes that send it stopped reporting ...`` or ``orders.created has
+    data again after 3 min: 49.2/s (normal 50.0/s)``."""
+    if alert.no_data_of is None:
+        return f"{name} {_fell(alert) if alert.state == 'firing' else _recovered(alert)}"
+    if alert.state == "firing":
+        return (
+            f"{name}: no data for {_no_data_for(alert)} — the app processes that send it"
+            " stopped reporting (other apps still flush); not a drop of the business,"
+            " not paged"
+        )
+    again = f"{name} has data again after {_duration(alert.at - alert.started_at)}"
+    if not math.isfinite(alert.rate):
+        return again
+    normal = f" (normal {_rate(alert.baseline)}/s)" if math.isfinite(alert.baseline) else ""
+    return f"{again}: {_rate(alert.rate)}/s{normal}"
+
+
 def reminder_text(alert: Alert) -> str:
-    """``still down: 0.4/s vs 19.8/s normal, for 30 min`` (``alert.at`` is now)."""
+    """``still down: 0.4/s vs 19.8/s normal, for 30 min`` (``alert.at`` is now); for a
+    "no data" alert ``still no data, for 30 min (normally 19.8/s)``."""
+    if alert.no_data_of is not None:
+        normal = f" (normally {_rate(alert.baseline)}/s)" if math.isfinite(alert.baseline) else ""
+        return f"still no data, for {_duration(alert.at - alert.started_at)}{normal}"
     return (
         f"still down: {_rate(alert.rate)}/s vs {_rate(alert.baseline)}/s normal,"
         f" for {_duration(alert.at - alert.started_at)}"
@@ -197,31 +235,40 @@ def _mrkdwn(text: str) -> dict[str, Any]:
 
 def _slack_message(alert: Alert) -> tuple[str, list[dict[str, Any]]]:
     """The plain-text fallback and the Block Kit blocks for ``alert``, all data escaped."""
-    metric = _code(alert.metric)
+    metric = _code(subject(alert))
     score = f"{alert.score:.1f} (threshold {alert.threshold:.1f})"
+    if alert.no_data_of is not None:
+        score = f"{_no_data_for(alert)} (after {_duration(int(-alert.threshold))})"
     if alert.state == "firing":
         icon = ":rotating_light:" if alert.severity == "page" else ":warning:"
         label = alert.severity.upper()
-        headline = f"{metric} {_fell(alert)}"
-        text = f"{icon} {label}: {headline}, since {_iso(alert.started_at)}"
+        said = headline(alert, metric)
+        text = f"{icon} {label}: {said}, since {_iso(alert.started_at)}"
         fields = [
             f"*Started*\n{_iso(alert.started_at)}",
             f"*Severity*\n{alert.severity}",
             f"*Rate now / normal*\n{_rate(alert.rate)}/s / {_rate(alert.baseline)}/s",
             f"*Score*\n{score}",
         ]
+        if alert.no_data_of is not None:
+            fields[2:] = [
+                f"*Normal rate*\n{_rate(alert.baseline)}/s",
+                f"*No data for*\n{score}",
+            ]
     else:
         icon, label = ":white_check_mark:", "RESOLVED"
-        headline = f"{metric} {_recovered(alert)}"
-        text = f"{icon} {label}: {headline}"
+        said = headline(alert, metric)
+        text = f"{icon} {label}: {said}"
         fields = [
             f"*Started*\n{_iso(alert.started_at)}",
             f"*Resolved*\n{_iso(alert.at)}",
             f"*Severity*\n{alert.severity}",
-            f"*Score*\n{score}",
+            f"*Rate now / normal*\n{_rate(alert.rate)}/s / {_rate(alert.baseline)}/s"
+            if alert.no_data_of is not None
+            else f"*Score*\n{score}",
         ]
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": _mrkdwn(f"{icon} *{label}* {headline}")},
+        {"type": "section", "text": _mrkdwn(f"{icon} *{label}* {said}")},
         {"type": "section", "fields": [_mrkdwn(field) for field in fields]},
     ]
     picture = _picture(alert)
@@ -474,7 +521,7 @@ class SlackNotifier:
         """Say that ``alert``'s incident is still firing (:func:`reminder_text`): a reply
         in the firing message's thread (not broadcast) when the memo has its ``ts``, else
         a new message. Raises DeliveryError as :meth:`send` does."""
-        text = f":hourglass: {_code(alert.metric)} {reminder_text(alert)}"
+        text = f":hourglass: {_code(subject(alert))} {reminder_text(alert)}"
         blocks = [{"type": "section", "text": _mrkdwn(text)}]
         if self._webhook is not None:
             self._post_webhook(text, blocks)

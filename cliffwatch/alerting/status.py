@@ -6,7 +6,9 @@ A metric's status is one of:
 
 - ``not watched``: no worker has judged it (no rule matches it, or no worker runs);
 - ``no data``: the worker's last word on it is older than :data:`NO_DATA_AFTER_S`
-  (the worker stopped), or no app has flushed a count of it in the last minute;
+  (the worker stopped), or no app has flushed a count of it in the last minute, or its
+  "no data" alert is open (its apps stopped reporting while others flush, see
+  :mod:`cliffwatch.alerting.blind`; ``no_data_since`` says since when);
 - ``silenced``: its open incident started inside a silence (and was not delivered), or
   it has no open incident and an active silence covers it;
 - ``firing``: it has an open incident, which was delivered (even if a silence added since
@@ -68,6 +70,8 @@ class MetricStatus:
     """The id of the active silence covering the metric, ``""`` if none."""
     rates_per_minute: list[float | None]
     """The last :data:`SPARK_MINUTES` minutes, oldest first; ``None``: no data."""
+    no_data_since: int | None = None
+    """Epoch second the metric's open "no data" alert started; ``None`` if none is open."""
 
     @property
     def sparkline(self) -> str:
@@ -213,9 +217,10 @@ def _metric_status(
     firing = st.get("state") == "firing"
     incident_silenced = firing and st.get("silenced") == "1"
     silence = first_covering(silences, name, at)
+    no_data_since = _int(st.get("no_data_since"))
     if not phase:
         status = "not watched"
-    elif age is None or age > NO_DATA_AFTER_S or not has_recent:
+    elif age is None or age > NO_DATA_AFTER_S or not has_recent or no_data_since is not None:
         status = "no data"
     elif incident_silenced:
         status = "silenced"
@@ -238,6 +243,7 @@ def _metric_status(
         incident_silenced=incident_silenced,
         silenced_by=silence.id if silence else "",
         rates_per_minute=rates,
+        no_data_since=no_data_since if phase else None,
     )
 
 
@@ -295,6 +301,11 @@ def render(overview: Overview, source: str = "") -> str:
         since = ""
         if m.incident_started_at is not None:
             since = f"{iso(m.incident_started_at)} ({human_duration(at - m.incident_started_at)})"
+        elif m.no_data_since is not None:
+            since = (
+                f"{iso(m.no_data_since)} ({human_duration(at - m.no_data_since)}, "
+                "no data: its apps stopped reporting)"
+            )
         lines.append(
             f"{m.metric:<{width}}  {m.status:<11} {_fmt(m.rate):>9} {_fmt(m.baseline):>9} "
             f"{_fmt(m.score, 2):>7}  {m.sparkline:<{SPARK_MINUTES}}  {since}".rstrip()

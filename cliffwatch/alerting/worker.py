@@ -55,9 +55,9 @@ from ..errors import CliffwatchError, ConfigError, RulesError
 from ..metrics.store import Store
 from ..rules.config import Rule, RuleSet, load_rules
 from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
-from .alert import Alert
+from .alert import BLIND_METRIC, Alert, no_data_incident
 from .alertmanager import ALERTMANAGER, WEBHOOK, AlertmanagerNotifier, WebhookNotifier, hold_for
-from .blind import BLIND_METRIC, BlindWatch
+from .blind import BlindWatch
 from .incidents import Incidents, Route, pagerduty_service_notifier, slack_channel_notifier
 from .leader import Leader, LostLeadership
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
@@ -253,7 +253,7 @@ class Worker:
         self._remind(end)
         self.incidents.retry_pending(self.metrics)
         if self._acting:  # a follower decides nothing
-            alerts += self.blind.check(now, end, self.metrics, self.detector.baseline)
+            alerts += self._check_blind(now, end)
         if end % 60 == 0 and now - self._last_snapshot >= SNAPSHOT_EVERY_S and self._acting:
             self.save_snapshots(end)
         if now - self._last_status >= STATUS_EVERY_S and self._acting:
@@ -466,11 +466,12 @@ class Worker:
             log.warning("following: deciding and delivering nothing")
             return
         self._acting = True
+        self.blind.reset()  # another worker may have opened or resolved no-data incidents
         try:
             nxt = self.detector.next_second
             if nxt is not None and self.metrics:
                 self._reconcile(self.detector, self.metrics, nxt)
-            watched = [*self.metrics, BLIND_METRIC]
+            watched = [*self.metrics, BLIND_METRIC, *map(no_data_incident, self.metrics)]
             self.incidents.outbox.requeue(self.incidents.undelivered(watched))
         except LostLeadership:
             self._acting = False
@@ -526,6 +527,7 @@ class Worker:
                 "now_rate": _num(det.rate[i]),
                 "now_baseline": _num(det.baseline[i]),
                 "minutes_seen": int(det.minutes_seen[i]),
+                "no_data_since": self.blind.no_data_since(m) or "",
             }
         self.store.set_states(states)  # one pipelined round trip per 10,000 metrics
 
@@ -554,9 +556,22 @@ class Worker:
                 )
                 if reminder is not None and self.monitor is not None:
                     self.monitor.reminders.inc()
+            reminded = self.blind.remind(at, every, det, self.metrics)
+            if reminded and self.monitor is not None:
+                self.monitor.reminders.inc(reminded)
         except LostLeadership as exc:
             log.warning("stopped deciding: %s", exc)
             self._acting = False
+
+    def _check_blind(self, now: float, end: int) -> list[Alert]:
+        """The "monitoring blind" and "no data" incidents (see
+        :mod:`~cliffwatch.alerting.blind`), decided by the acting worker."""
+        try:
+            return self.blind.check(now, end, self.metrics, self.detector)
+        except LostLeadership as exc:
+            log.warning("stopped deciding: %s", exc)
+            self._acting = False
+            return []
 
     def _decide(self, transitions: list[Transition], out: list[Alert]) -> None:
         for t in transitions:

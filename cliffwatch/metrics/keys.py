@@ -16,7 +16,11 @@ key                             type    holds
                                         is *no data*, ``0`` is zero events. ``<minute>``
                                         is the epoch second the minute starts at.
 ``P{m}:state``                  hash    the metric's alert state (ok / firing) and the
-                                        open incident, written by the worker
+                                        open incident, written by the worker; also the
+                                        state of the pseudo-metrics
+                                        ``cliffwatch.monitoring-blind`` and
+                                        ``cliffwatch.no-data:<metric>`` (see
+                                        :mod:`cliffwatch.alerting.blind`)
 ``P{m}:detector``               string  the detector's learnt state for the metric
 ``Pmetrics``                    set     every metric name any app has flushed
 ``Pemitters``                   hash    ``<host>:<pid>`` -> epoch second of its last flush

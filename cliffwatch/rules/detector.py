@@ -167,6 +167,10 @@ class Detector:
         # the last second's figures, for status displays
         self.score = np.zeros(m)
         self.rate = np.full(m, np.nan)
+        self.last_data = np.full(m, -np.inf)
+        """Epoch second of each metric's newest second with data fed so far (primed
+        history included); ``-inf`` while none had any. Seconds of no data (NaN) leave it
+        as it is, so ``end - 1 - last_data`` is how long a metric has had no data."""
 
     # -- public -----------------------------------------------------------------
 
@@ -254,6 +258,7 @@ class Detector:
         idx = (self._pos + np.arange(n)) % HISTORY_S
         self._csum[:, idx] = prev_c[:, None] + np.cumsum(np.where(valid, counts, 0.0), axis=1)
         self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        self._note_data(valid, start)
         self._pos += n
         self.next_second = start + n
 
@@ -302,6 +307,7 @@ class Detector:
         idx = (self._pos + np.arange(n)) % HISTORY_S
         self._csum[:, idx] = prev_c[:, None] + np.cumsum(xz, axis=1)
         self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        self._note_data(valid, start)
         pos0 = self._pos
         self._mstart_pos = pos0 - start % 60
         self._minute_now = start // 60
@@ -331,6 +337,15 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
+
+    def _note_data(self, valid: np.ndarray, start: int) -> None:
+        """Move :attr:`last_data` to the newest second with data among ``valid``
+        (``(metrics, seconds)``, the first being epoch second ``start``)."""
+        n = valid.shape[1]
+        if not n:
+            return
+        newest = start + n - 1 - np.argmax(valid[:, ::-1], axis=1)
+        self.last_data = np.where(valid.any(axis=1), newest, self.last_data)
 
     def _window_sums(
         self, rows: np.ndarray, pos0: int, n: int, widths: np.ndarray
