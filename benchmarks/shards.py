@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         url, prefix, n, k, seconds, out = args.traffic
         traffic(url, prefix, int(n), int(k), float(seconds), out)
         return 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up
     if args.smoke:
         args.metrics, args.workers, args.seconds, args.after = 2_000, 2, 10.0, 5.0
     server = shutil.which("redis-server")

@@ -647,6 +647,7 @@ class PagerDutyNotifier:
         self._poster.post(json.dumps(event).encode())
         return {PAGERDUTY_DEDUP_KEY: dedup_key}
 
+
 def _pagerduty_detail(answer: bytes) -> str:
     """The useful part of a PagerDuty error body, short."""
     try:

@@ -159,6 +159,8 @@ class Worker:
         self.leader = leader
         self.shards: ShardMap | None = None
         self._all: list[str] = []  # every metric the rules name (sharded: some judged here)
+        self._all_version = 0
+        self._shards_seen: tuple[frozenset[tuple[int, int]], int] | None = None
         if shards is not None:
             self._use_shards(shards)
         self.monitor = monitor
@@ -404,6 +406,7 @@ class Worker:
         known = self.store.metric_names() if any(r.is_glob for r in self.rules.rules) else []
         names = self.rules.metrics(known)
         self._all = names
+        self._all_version += 1
         if self.shards is not None:
             if not force:
                 return  # new names are taken on by _follow_shards, like gained shards
@@ -488,6 +491,9 @@ class Worker:
         if self.shards is None:
             return
         held = self.shards.held()
+        seen = (frozenset(held.items()), self._all_version)
+        if seen == self._shards_seen:
+            return  # nothing changed since the last tick
         keep = [i for i, m in enumerate(self.metrics) if self.shards.shard_of(m) in held]
         if len(keep) < len(self.metrics):
             log.warning(
@@ -498,23 +504,24 @@ class Worker:
             self._say_share()
         have = set(self.metrics)
         new = [m for m in self._all if m not in have and self.shards.shard_of(m) in held]
-        if new:
-            self._gain(new, end)
+        if not new or self._gain(new, end):
+            self._shards_seen = seen
 
     def _keep(self, rows: Sequence[int]) -> None:
         self.detector = self.detector.take(rows)
         self.metrics = [self.metrics[i] for i in rows]
         self.rule_of = [self.rule_of[i] for i in rows]
 
-    def _gain(self, names: list[str], end: int) -> None:
+    def _gain(self, names: list[str], end: int) -> bool:
         """Start judging ``names`` (metrics of shards just taken): restore their
         snapshots, refill their history from Redis and catch up to the second the
         running detector is at, compare them with their open incidents, and join them to
-        the running detector (which keeps what it holds)."""
+        the running detector (which keeps what it holds). False if it has to wait for
+        the next tick."""
         main, at = self.detector, self.detector.next_second
         if at is None or not self.metrics:
             self._watch([*self.metrics, *names], end)
-            return
+            return True
         rules = [self.rules.match(m) for m in names]
         sub = Detector(
             len(names),
@@ -526,7 +533,7 @@ class Worker:
         stamps = [s.at for s in snaps if s is not None]
         base = max(stamps) if stamps else at - at % 60
         if base > at:
-            return  # saved after the second this worker is at: take them on next tick
+            return False  # saved after the second this worker is at: on the next tick
         restore = [i for i, s in enumerate(snaps) if s is not None and s.at == base]
         if restore:
             hist_start = base - HISTORY_S
@@ -535,7 +542,7 @@ class Worker:
         pos = main.position - (at - hist_start)
         if pos < 0:  # the running detector is younger than the history needed
             self._watch([*self.metrics, *names], end)
-            return
+            return True
         sub.align(pos)
         snapshots.restore(sub, restore, [s for s in snaps if s is not None and s.at == base])
         self._restore_incidents(sub, names)
@@ -554,6 +561,7 @@ class Worker:
         self.metrics = [*self.metrics, *names]
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
         self._say_share()
+        return True
 
     def _hand_over(self, at: int) -> None:
         """At a whole minute: save the snapshots of the metrics of held shards now
@@ -594,9 +602,11 @@ class Worker:
 
     def _reconcile(self, det: Detector, names: Sequence[str], at: int) -> None:
         """After learning from history: open an incident for a metric that is down now,
-        close one that recovered while nobody watched."""
-        for i, m in enumerate(names):
-            st = self.incidents.state(m)
+        close one that recovered while nobody watched (the states read in one round
+        trip; only a metric that changed is written)."""
+        for i, (m, st) in enumerate(zip(names, self.store.get_states(names), strict=True)):
+            if bool(det.firing[i]) == (st.get("state") == "firing"):
+                continue
             rule = self.rules.match(m)
             if rule is None:
                 continue
@@ -643,8 +653,7 @@ class Worker:
             raise
 
     def _restore_incidents(self, det: Detector, names: Sequence[str]) -> None:
-        for i, m in enumerate(names):
-            st = self.incidents.state(m)
+        for i, st in enumerate(self.store.get_states(names)):
             if st.get("state") == "firing":
                 det.firing[i] = True
                 det.frozen[i] = float(st.get("baseline", "nan"))
