@@ -280,8 +280,11 @@ def run(
     began = time.perf_counter()
     start_s = wait(all_judged, 900, f"{w} workers to judge all {n:,} metrics")
     print(f"{w} workers judge all {n:,} metrics {start_s:.1f} s after starting")
-    wait(lambda: _caught_up(store), 300, "the workers to catch up with the clock")
-    print(f"... and are caught up with the clock after {time.perf_counter() - began:.1f} s")
+    try:
+        wait(lambda: _caught_up(store), 120, "the workers to catch up with the clock")
+        print(f"... and are caught up with the clock after {time.perf_counter() - began:.1f} s")
+    except TimeoutError:
+        print("... and are NOT caught up with the clock 120 s later: recording anyway")
 
     # -- all workers, live ------------------------------------------------------------
     tokens = {t: pid_of.get(int(i["pid"]), "?") for t, i in infos(store).items()}
@@ -305,16 +308,18 @@ def run(
     print(f"\n{n:,} metrics, {w} workers, {args.seconds:.0f} s of live ticks "
           f"({SHARDS} shards)")  # fmt: skip
     print(f"{'worker':<8} {'shards':>6} {'metrics':>8} {'ticks':>5} {'median s':>9} "
-          f"{'p95 s':>7} {'max s':>7} {'CPU %':>6} {'RSS MiB':>8} {'peak MiB':>8}")  # fmt: skip
+          f"{'p95 s':>7} {'max s':>7} {'lag s':>6} {'CPU %':>6} {'RSS MiB':>8} "
+          f"{'peak MiB':>8}")  # fmt: skip
     worst = 0.0
     for token, name in sorted(tokens.items(), key=lambda x: x[1]):
         med, p95, mx, count = summary(ticks.get(token, {}))
         worst = max(worst, mx)
         rss, peak = rss_mb(procs[name].pid)
         info = live.get(token, {})
+        lag = time.time() - int(info.get("judged_to") or 0)
         print(f"{name:<8} {info.get('shards', 0):>6} {info.get('metrics', 0):>8,} {count:>5} "
-              f"{med:>9.3f} {p95:>7.3f} {mx:>7.3f} {cpu[name] * 100:>6.0f} {rss:>8,.0f} "
-              f"{peak:>8,.0f}")  # fmt: skip
+              f"{med:>9.3f} {p95:>7.3f} {mx:>7.3f} {lag:>6.1f} {cpu[name] * 100:>6.0f} "
+              f"{rss:>8,.0f} {peak:>8,.0f}")  # fmt: skip
     print(f"traffic process CPU {cpu['traffic'] * 100:.0f} %, redis-server CPU "
           f"{cpu['redis'] * 100:.0f} % (2 cores = 200 %)")  # fmt: skip
     print(f"Redis used_memory {mem['used_memory'] / 2**20:,.0f} MiB; snapshots "
