@@ -264,6 +264,8 @@ class Worker:
         if nxt is None or not self.metrics:
             return alerts
         start = max(nxt, end - CATCH_UP_MAX_S)
+        if self.shards is not None:  # stop at each whole minute, to hand over and snapshot
+            end = min(end, start - start % 60 + 60)
         if end > start:
             counts = self.store.read_counts(self.metrics, start, end)
             alerts += self._apply(self.detector.update(counts, start))
