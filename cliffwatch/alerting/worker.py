@@ -179,6 +179,7 @@ class Worker:
         self._last_snapshot = -math.inf
         self._last_status = -math.inf
         self._ticks = 0
+        self._last_gain: tuple[int, float] | None = None
         self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
 
     def _use_shards(self, shards: ShardMap) -> None:
@@ -220,6 +221,7 @@ class Worker:
                 "leader": self._acting,
                 "ticks": list(self._recent_ticks),  # [tick number, seconds] of the last few
                 "judged_to": nxt,  # the first second not judged yet
+                "gained": self._last_gain,  # [metrics, seconds] of the last shards taken on
             }
         if self._acting:
             self.store.beat(now, int(HEARTBEAT_TTL_S * 1000))
@@ -520,6 +522,7 @@ class Worker:
         running detector is at, compare them with their open incidents, and join them to
         the running detector (which keeps what it holds). False if it has to wait for
         the next tick."""
+        began = time.perf_counter()
         main, at = self.detector, self.detector.next_second
         if at is None or not self.metrics:
             self._watch([*self.metrics, *names], end)
@@ -562,6 +565,8 @@ class Worker:
         self.detector = main.join(sub)
         self.metrics = [*self.metrics, *names]
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
+        self._last_gain = (len(names), round(time.perf_counter() - began, 3))
+        log.info("took on %d metrics in %.2f s", *self._last_gain)
         self._say_share()
         return True
 
