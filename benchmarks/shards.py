@@ -415,8 +415,9 @@ def run(
         times, seconds = durations
         span = seconds[-1] - seconds[0] + 1
         print(f"traffic: write of one second of {n:,} counts, median "
-              f"{statistics.median(times):.3f} s, max {max(times):.3f} s; wrote {len(seconds):,} "
-              f"of the {span:,} seconds it ran (a slower write skips seconds: no data)")  # fmt: skip
+              f"{statistics.median(times):.3f} s, max {max(times):.3f} s; wrote "
+              f"{len(seconds):,} of the {span:,} seconds it ran (a slow write skips "
+              f"seconds: no data)")  # fmt: skip
     if args.smoke:
         print("smoke run: figures are not meaningful; goals not enforced")
         return 0

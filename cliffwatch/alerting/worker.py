@@ -431,13 +431,6 @@ class Worker:
             self._say_share()
             return
         old = {m: i for i, m in enumerate(self.metrics)}
-        rules = [self.rules.match(m) for m in names]
-        det = Detector(
-            len(names),
-            [r.threshold if r else -3.0 for r in rules],
-            [r.min_rate if r else 0.0 for r in rules],
-            self.warmup_minutes,
-        )
         # everything starts at a whole minute, HISTORY_S before the snapshot or now
         new = [m for m in names if m not in old]
         snaps = dict(zip(new, snapshots.load(self.store, new), strict=True))
@@ -445,6 +438,22 @@ class Worker:
         base = self.detector.next_second if old and self.detector.next_second else None
         if base is None:
             base = max(at) if at else end - end % 60
+        # snapshots saved at another minute are taken on afterwards, group by group
+        later = [m for m, s in snaps.items() if s is not None and s.at != base]
+        if later:
+            skip = set(later)
+            names = [m for m in names if m not in skip]
+            if not names:
+                self._watch([], end)
+                self._gain(later, end)
+                return
+        rules = [self.rules.match(m) for m in names]
+        det = Detector(
+            len(names),
+            [r.threshold if r else -3.0 for r in rules],
+            [r.min_rate if r else 0.0 for r in rules],
+            self.warmup_minutes,
+        )
         kept = [(i, old[m]) for i, m in enumerate(names) if m in old]
         if kept:
             det.unpack([i for i, _ in kept], self.detector.pack([j for _, j in kept]))
@@ -476,6 +485,8 @@ class Worker:
         self.metrics, self.rule_of, self.detector = names, [r for r in rules if r], det
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
         self._say_share()
+        if later:
+            self._gain(later, end)
 
     # -- shards -------------------------------------------------------------------
 
@@ -518,15 +529,38 @@ class Worker:
 
     def _gain(self, names: list[str], end: int) -> bool:
         """Start judging ``names`` (metrics of shards just taken): restore their
-        snapshots, refill their history from Redis and catch up to the second the
-        running detector is at, compare them with their open incidents, and join them to
-        the running detector (which keeps what it holds). False if it has to wait for
-        the next tick."""
+        snapshots, refill their history and catch up to the second the running detector
+        is at, compare them with their open incidents, and join them to the running
+        detector (which keeps what it holds). Snapshots saved at different minutes are
+        taken on group by group. False if one is newer than the running detector: then
+        it is tried again on the next tick."""
         began = time.perf_counter()
-        main, at = self.detector, self.detector.next_second
+        at = self.detector.next_second
         if at is None or not self.metrics:
             self._watch([*self.metrics, *names], end)
             return True
+        snaps = snapshots.load(self.store, names)
+        if any(s is not None and s.at > at for s in snaps):
+            return False  # saved after the second this worker is at: on the next tick
+        groups: dict[int | None, list[int]] = {}
+        for i, snap in enumerate(snaps):
+            groups.setdefault(None if snap is None else snap.at, []).append(i)
+        order = sorted(groups, key=lambda b: (b is None, b or 0))
+        for base in order:
+            rows = groups[base]
+            self._gain_group([names[i] for i in rows], [snaps[i] for i in rows], base)
+        self._last_gain = (len(names), round(time.perf_counter() - began, 3))
+        log.info("took on %d metrics in %.2f s", *self._last_gain)
+        self._say_share()
+        return True
+
+    def _gain_group(
+        self, names: list[str], snaps: Sequence[snapshots.Snapshot | None], base: int | None
+    ) -> None:
+        """:meth:`_gain` for metrics whose snapshots were all saved at second ``base``
+        (``None``: metrics without one, which learn from the history Redis has)."""
+        main, at = self.detector, self.detector.next_second
+        assert at is not None
         rules = [self.rules.match(m) for m in names]
         sub = Detector(
             len(names),
@@ -534,26 +568,23 @@ class Worker:
             [r.min_rate if r else 0.0 for r in rules],
             self.warmup_minutes,
         )
-        snaps = snapshots.load(self.store, names)
-        stamps = [s.at for s in snaps if s is not None]
-        base = max(stamps) if stamps else at - at % 60
-        if base > at:
-            return False  # saved after the second this worker is at: on the next tick
-        restore = [i for i, s in enumerate(snaps) if s is not None and s.at == base]
-        if restore:
+        if base is not None:
             hist_start = base - HISTORY_S
         else:
+            base = at - at % 60
             hist_start = base - max(min(self.store.retention_s - 120, CATCH_UP_MAX_S), HISTORY_S)
         pos = main.position - (at - hist_start)
-        if pos < 0:  # the running detector is younger than the history needed
-            self._watch([*self.metrics, *names], end)
-            return True
+        if pos < 0:  # the running detector's history is shorter: count its positions up
+            main.renumber(-(pos // HISTORY_S))
+            pos = main.position - (at - hist_start)
         sub.align(pos)
-        snapshots.restore(sub, restore, [s for s in snaps if s is not None and s.at == base])
+        kept = [s for s in snaps if s is not None]
+        if kept:
+            snapshots.restore(sub, range(len(names)), kept)
         self._restore_incidents(sub, names)
-        if restore:
-            recent = [(i, s.recent) for i, s in enumerate(snaps) if i in set(restore) and s]
-            self._prime(sub, names, hist_start, base, [(i, r) for i, r in recent if r is not None])
+        if kept:
+            recent = [(i, s.recent) for i, s in enumerate(kept) if s.recent is not None]
+            self._prime(sub, names, hist_start, base, recent)
         else:
             sub.update(self.store.read_counts(names, hist_start, base), hist_start)
         if at > base:
@@ -565,10 +596,6 @@ class Worker:
         self.detector = main.join(sub)
         self.metrics = [*self.metrics, *names]
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
-        self._last_gain = (len(names), round(time.perf_counter() - began, 3))
-        log.info("took on %d metrics in %.2f s", *self._last_gain)
-        self._say_share()
-        return True
 
     def _hand_over(self, at: int) -> None:
         """At a whole minute: save the snapshots of the metrics of held shards now

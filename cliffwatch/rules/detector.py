@@ -344,6 +344,16 @@ class Detector:
         out.n = self.n + other.n
         return out
 
+    def renumber(self, rings: int) -> None:
+        """Count positions ``rings * HISTORY_S`` higher (the ring of running sums stays
+        as it is), so a detector with a longer history than this one's can be aligned
+        and joined to it. Nothing it computes changes."""
+        k = int(rings) * HISTORY_S
+        self._pos += k
+        self._mstart_pos += k
+        self._clear_pos += k
+        self._fire_pos += k
+
     def align(self, pos: int) -> None:
         """Start counting positions at ``pos`` (before anything is fed), so that after as
         many seconds as another detector has fed since its own position ``pos`` the two

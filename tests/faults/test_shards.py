@@ -329,3 +329,46 @@ def test_a_killed_workers_shards_move_within_10_s_without_a_page_twice_or_a_page
         assert (st["state"], st["pending"]) == ("ok", ""), st
     assert takeover_s <= TAKEOVER_LIMIT_S, f"shard takeover took {takeover_s:.1f} s"
     assert store.shard_holders(SHARDS) == [None] * SHARDS  # b released them on SIGTERM
+
+
+def test_snapshots_saved_at_different_minutes_are_all_restored(
+    store: Store, tmp_path: Path
+) -> None:
+    """A worker restoring metrics whose snapshots were saved at different minutes (their
+    shards had different owners) restores every one of them, each caught up to the
+    clock and judged at once; none starts learning again."""
+    from cliffwatch.alerting.worker import Worker
+    from cliffwatch.rules.config import load_rules
+
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text('[[rule]]\nmetric = "shop*.orders"\n')
+    rules = load_rules(str(rules_file))
+    names = METRICS[:4]
+    start = 1_800_000_000 - HISTORY_MINUTES * 60
+    counts = np.random.default_rng(2).poisson(RATE, (len(names), HISTORY_MINUTES * 60 + 200))
+
+    def write(upto: int) -> None:
+        for k in range(counts.shape[1]):
+            if start + k < upto:
+                store.write_counts({start + k: {m: int(counts[i, k]) for i, m in enumerate(names)}})
+
+    write(1_800_000_200)
+    clock = [1_800_000_000 + 1.3]
+    first = Worker(store, rules, clock=lambda: clock[0], warmup_minutes=30, notifiers={})
+    first.start()
+    for second in (1_800_000_000, 1_800_000_060, 1_800_000_120):
+        clock[0] = second + 1.3
+        first.tick()
+        assert first.detector.next_second == second
+        half = names[:2] if second == 1_800_000_060 else names[2:]
+        if second != 1_800_000_000:  # two metrics at one minute, two at the next
+            rows = [first.metrics.index(m) for m in half]
+            first._save_snapshots(half, rows, second)
+    clock[0] = 1_800_000_150.3
+    second_worker = Worker(store, rules, clock=lambda: clock[0], warmup_minutes=30, notifiers={})
+    second_worker.start()
+    assert sorted(second_worker.metrics) == names
+    det = second_worker.detector
+    assert det.next_second == 1_800_000_149
+    assert det.judged().all(), det.minutes_seen
+    assert (det.minutes_seen >= HISTORY_MINUTES).all(), det.minutes_seen
