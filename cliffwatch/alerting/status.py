@@ -1,6 +1,6 @@
 """What ``cliffwatch status`` shows: every metric Redis knows, the apps flushing to it (and
-the events they dropped, by reason), and the active silences, gathered in a few round
-trips and rendered as text or JSON.
+the events they dropped, by reason), the active silences and the live workers with their
+share of the metrics, gathered in a few round trips and rendered as text or JSON.
 
 A metric's status is one of:
 
@@ -213,7 +213,8 @@ def collect(store: Store, now: float | None = None) -> Overview:
     """Gather the overview from ``store`` as of ``now`` (default: the wall clock).
 
     Reads the metric names, their state hashes, the last :data:`SPARK_MINUTES` minutes of
-    counts, the emitters, the apps' drop counts and the silences (deleting ended silences). Raises
+    counts, the emitters, the apps' drop counts, the silences (deleting ended silences)
+    and the live workers. Raises
     :class:`~cliffwatch.errors.StoreError` if Redis fails.
     """
     at = math.floor(time.time() if now is None else now)

@@ -505,6 +505,11 @@ class Worker:
         take on those of shards gained (and new metrics of held shards)."""
         if self.shards is None:
             return
+        leaving = self.shards.leaving()
+        if leaving:  # a shard with none of this worker's metrics is handed over at once
+            empty = leaving - {self.shards.shard_of(m) for m in self.metrics}
+            if empty:
+                self.shards.release(sorted(empty))
         held = self.shards.held()
         seen = (frozenset(held.items()), self._all_version)
         if seen == self._shards_seen:
