@@ -32,7 +32,9 @@ holds that metric's shard lease; the incidents it writes carry the shard's epoch
 (``shard_epoch`` in the state hash) and a worker finding a newer one there gives the
 shard up. A held lease counts as held only until ``ttl - MARGIN_S`` after its renewal was
 last *asked* for (monotonic clock), so a worker cut off from Redis stops judging before
-another can take over.
+another can take over. (It keeps learning those metrics, deciding nothing, for
+:data:`~cliffwatch.alerting.worker.LOST_GRACE_S`, so taking the shard back after a
+Redis restart costs no re-learning.)
 
 Hand-over: a worker takes the free leases of the shards assigned to it, renews the ones
 it holds, and keeps judging a held shard that is now assigned elsewhere until the next

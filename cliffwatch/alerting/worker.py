@@ -73,6 +73,10 @@ TICK_PHASE_S = 0.1  # ticks run this long after each second boundary, after the 
 EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
 SHARDED_SNAPSHOT_EVERY_S = 60
+LOST_GRACE_S = 60.0
+"""A sharded worker that loses a shard's lease (Redis restarted, or was out of reach)
+keeps learning, without deciding for, its metrics this long: taking the shard back, it
+carries on instead of learning them again."""
 """With shard leases (every ``run()``), snapshots are saved every minute: a dead worker's
 metrics are taken over from at most a minute back."""
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
@@ -160,6 +164,7 @@ class Worker:
         self.shards: ShardMap | None = None
         self._all: list[str] = []  # every metric the rules name (sharded: some judged here)
         self._all_version = 0
+        self._lost_since: dict[int, float] = {}  # shards whose lease lapsed -> when noticed
         self._shards_seen: tuple[frozenset[tuple[int, int]], int] | None = None
         if shards is not None:
             self._use_shards(shards)
@@ -217,7 +222,7 @@ class Worker:
             self._recent_ticks.append((self._ticks, round(time.perf_counter() - started, 4)))
             nxt = self.detector.next_second
             self.shards.info = {
-                "metrics": len(self.metrics),
+                "metrics": len(self._judged_rows()),
                 "leader": self._acting,
                 "ticks": list(self._recent_ticks),  # [tick number, seconds] of the last few
                 "judged_to": nxt,  # the first second not judged yet
@@ -512,16 +517,32 @@ class Worker:
                 self.shards.release(sorted(empty))
         held = self.shards.held()
         seen = (frozenset(held.items()), self._all_version)
-        if seen == self._shards_seen:
+        if seen == self._shards_seen and not self._lost_since:
             return  # nothing changed since the last tick
-        keep = [i for i, m in enumerate(self.metrics) if self.shards.shard_of(m) in held]
-        if len(keep) < len(self.metrics):
+        shard_of, now = self.shards.shard_of, time.monotonic()
+        for n in {shard_of(m) for m in self.metrics} - set(held):
+            if n not in self._lost_since:
+                log.warning("shard %d's lease lapsed: learning, not deciding, for its metrics", n)
+            self._lost_since.setdefault(n, now)
+        back = {n for n in self._lost_since if n in held}
+        expired = {n for n, t in self._lost_since.items() if now - t >= LOST_GRACE_S}
+        for n in back | expired:
+            del self._lost_since[n]
+        if expired:
+            keep = [i for i, m in enumerate(self.metrics) if shard_of(m) not in expired]
             log.warning(
-                "no longer judging %d metrics: their shards' leases lapsed",
+                "no longer judging %d metrics: their shards' leases lapsed %d s ago",
                 len(self.metrics) - len(keep),
+                LOST_GRACE_S,
             )
             self._keep(keep)
             self._say_share()
+        if back:  # taken back: compare with what may have been decided meanwhile
+            rows = [i for i, m in enumerate(self.metrics) if shard_of(m) in back]
+            try:
+                self._reconcile(self.detector.take(rows), [self.metrics[i] for i in rows], end)
+            except LostShard as exc:
+                log.warning("%s", exc)
         have = set(self.metrics)
         new = [m for m in self._all if m not in have and self.shards.shard_of(m) in held]
         if not new or self._gain(new, end):
@@ -698,9 +719,19 @@ class Worker:
                 det.frozen[i] = float(st.get("baseline", "nan"))
 
     def save_snapshots(self, at: int) -> None:
-        """Store what every metric has learnt, as of epoch second ``at``."""
-        self._save_snapshots(self.metrics, range(len(self.metrics)), at)
+        """Store what every metric has learnt, as of epoch second ``at`` (sharded: those
+        of the shards it holds)."""
+        rows = self._judged_rows()
+        self._save_snapshots([self.metrics[i] for i in rows], rows, at)
         self._last_snapshot = self.clock()
+
+    def _judged_rows(self) -> list[int]:
+        """The metrics this worker decides for: all but those of shards whose lease
+        lapsed (see :data:`LOST_GRACE_S`)."""
+        if self.shards is None or not self._lost_since:
+            return list(range(len(self.metrics)))
+        shard_of = self.shards.shard_of
+        return [i for i, m in enumerate(self.metrics) if shard_of(m) not in self._lost_since]
 
     def _save_snapshots(self, names: Sequence[str], rows: Sequence[int], at: int) -> None:
         snapshots.save(self.store, self.detector, names, rows, at)
@@ -711,7 +742,8 @@ class Worker:
         judged = det.judged()
         judge = {} if self.shards is None else {"judged_by": self.shards.token}
         states = {}
-        for i, m in enumerate(self.metrics):
+        for i in self._judged_rows():
+            m = self.metrics[i]
             if det.firing[i]:
                 phase = "firing"
             elif judged[i]:
