@@ -3,7 +3,6 @@ HTTP server, and ``tick(now)`` driven one second at a time by a fake clock."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from conftest import FakeClock
 from httpstub import PAGERDUTY_PATH, Recorder
 
+from cliffwatch.alerting import snapshots
 from cliffwatch.alerting.alert import Alert
 from cliffwatch.alerting.notifiers import PagerDutyNotifier, SlackNotifier
 from cliffwatch.alerting.worker import Worker
@@ -199,8 +199,8 @@ def test_a_restart_during_an_incident_does_not_page_again(
     first.close()
     blob = store.get_blob(METRIC)
     assert blob is not None
-    with np.load(io.BytesIO(blob)) as snapshot:
-        assert int(snapshot["at"]) == started + (snapshot_s or 0)
+    snapshot = snapshots.decode(METRIC, blob)
+    assert snapshot is not None and snapshot.at == started + (snapshot_s or 0)
     if snapshot_s is None:
         store.client.delete(store.keys.detector(METRIC))
 

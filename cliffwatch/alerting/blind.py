@@ -46,6 +46,10 @@ and the metric's status hash carries ``no_data_since`` (``cliffwatch status`` sh
 ``no data``). A no-data incident of a metric that stops being watched (its rule removed)
 stays open, like a page of such a metric.
 
+With sharded workers (:mod:`cliffwatch.alerting.shards`) a metric's no-data incident is
+decided by the worker that judges the metric (it is fenced by the metric's shard), and
+the one "monitoring blind" incident by the leader.
+
 Cost per tick: the decision for every metric is one vectorized comparison of the
 detector's :attr:`~cliffwatch.rules.detector.Detector.last_data` with the closed end,
 against a mask of the open no-data incidents kept in memory. Redis is read (one HGETALL
@@ -168,11 +172,14 @@ class BlindWatch:
         end: int,
         metrics: Sequence[str],
         detector: Detector,
+        *,
+        whole_store: bool = True,
     ) -> list[Alert]:
         """Decide, as of ``now`` (seconds before ``end`` are closed and fed to
         ``detector``, whose metrics are ``metrics``), whether the worker is blind and
         which metrics have no data; open or resolve the incidents; return the alerts
-        decided, blind first.
+        decided, blind first. With ``whole_store`` False only the no-data incidents are
+        decided (a sharded worker that is not the leader: the leader decides blindness).
 
         Costs two HGETALLs a call (the emitters, the blind incident's state), one HMGET
         per metric while every emitter is silent or the blind incident is resolving, plus
@@ -184,7 +191,9 @@ class BlindWatch:
         emitters = self.store.emitters()
         newest = max(emitters.values(), default=None)
         silent_for = math.inf if newest is None else now - newest
-        alerts = self._check_store(now, end, metrics, detector, len(emitters), silent_for)
+        alerts = []
+        if whole_store:
+            alerts = self._check_store(now, end, metrics, detector, len(emitters), silent_for)
         return alerts + self._check_metrics(end, metrics, detector, silent_for)
 
     # -- all apps silent --------------------------------------------------------------

@@ -17,6 +17,8 @@ good, ``digest`` when the quiet-hours digest told it, see
 :mod:`cliffwatch.alerting.quiet`), ``channels`` (the notifiers the incident goes to),
 ``epoch`` (the fencing epoch of the worker that wrote the transition, see
 :mod:`cliffwatch.alerting.leader`),
+``shard_epoch`` (with sharded workers, the fencing epoch of the metric's shard, see
+:mod:`cliffwatch.alerting.shards`),
 ``silenced`` (``1`` when the incident started inside a silence) and ``silence_id``,
 ``reminded_at`` (epoch second of the last Slack reminder, see :meth:`Incidents.remind`),
 and the notifiers' own memo (e.g. the Slack message's ``ts``, so the resolve updates the
@@ -36,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from ..errors import CliffwatchError
 from ..metrics.store import Store
@@ -57,6 +60,19 @@ def slack_channel_notifier(channel: str) -> str:
 def pagerduty_service_notifier(service: str) -> str:
     """The notifier (and outbox channel) name of a ``[pagerduty.services]`` service."""
     return f"{PAGER}:{service}"
+
+
+class MetricFence(Protocol):
+    """What incidents need of the shard leases (:class:`~.shards.ShardMap`)."""
+
+    def check(self, metric: str, seen: int | str | None = None) -> None:
+        """Raise LostShard unless this worker holds the metric's shard and ``seen`` (a
+        shard epoch found in Redis) is not newer."""
+        ...
+
+    def epoch_of(self, metric: str) -> int:
+        """The fencing epoch of the metric's shard."""
+        ...
 
 
 @dataclass
@@ -112,6 +128,13 @@ class Incidents:
         fence, :meth:`fire` and :meth:`resolve` raise
         :class:`~cliffwatch.alerting.leader.LostLeadership` (and write nothing) unless
         this worker leads and the state hash carries no newer epoch than its own.
+    :param judge: the shard leases of sharded workers; with one, a metric's incident is
+        fenced by its shard instead: :meth:`fire`, :meth:`resolve` and :meth:`remind`
+        raise :class:`~cliffwatch.alerting.shards.LostShard` (and write nothing) unless
+        this worker holds the metric's shard and the state hash carries no newer
+        ``shard_epoch``. The leader's epoch is still written, for the outbox. The
+        metrics in :attr:`leader_only` (the "monitoring blind" pseudo-metric) stay
+        fenced by the leader.
 
     The outbox (:attr:`outbox`) delivers; see :mod:`cliffwatch.alerting.outbox`.
     """
@@ -124,8 +147,11 @@ class Incidents:
         clock: Callable[[], float] = time.time,
         silences: Silences | None = None,
         fence: Fence | None = None,
+        judge: MetricFence | None = None,
     ) -> None:
         self.store = store
+        self.judge = judge
+        self.leader_only: set[str] = set()
         self.on_alert = on_alert
         self.clock = clock
         self.silences = silences
@@ -181,7 +207,7 @@ class Incidents:
         ``StoreError``, or ``LostLeadership`` as the class says."""
         incident_id = f"{metric}@{at}"
         st = self.state(metric)
-        self._check_fence(st)
+        self._check_fence(metric, st)
         silence = self._silence(metric if silence_as is None else silence_as, at)
         stale = tuple(f"{name.split(':')[0]}_" for name in self.route.notifiers)
         earlier = {k: "" for k in st if k.startswith("sent:") or k.startswith(stale)}
@@ -204,7 +230,7 @@ class Incidents:
                 "silence_id": silence.id if silence else "",
                 "reminded_at": "",
                 "channels": ",".join(channels),
-                **self._epoch(),
+                **self._epoch(metric),
             },
         )
         alert = Alert(
@@ -232,14 +258,14 @@ class Incidents:
         st = self.state(metric)
         if st.get("state") != "firing":
             return None
-        self._check_fence(st)
+        self._check_fence(metric, st)
         silenced = st.get("silenced") == "1"
         pending = [p for p in st.get("pending", "").split(",") if p]
         if not silenced:
             pending.append("resolved")
         self.store.set_state(
             metric,
-            {"state": "ok", "resolved_at": at, "pending": ",".join(pending), **self._epoch()},
+            {"state": "ok", "resolved_at": at, "pending": ",".join(pending), **self._epoch(metric)},
         )
         alert = replace(
             self._alert_from(metric, st, "resolved"),
@@ -279,8 +305,8 @@ class Incidents:
         started = int(st.get("started_at") or at)
         if at - int(st.get("reminded_at") or started) < every:
             return None
-        self._check_fence(st)
-        self.store.set_state(metric, {"reminded_at": at, **self._epoch()})
+        self._check_fence(metric, st)
+        self.store.set_state(metric, {"reminded_at": at, **self._epoch(metric)})
         alert = replace(self._alert_from(metric, st, "firing"), at=at, score=score, rate=rate)
         log.info(
             "%s still firing after %d s: reminding %s", metric, at - started, ", ".join(targets)
@@ -313,12 +339,17 @@ class Incidents:
         severity = st.get("severity", "page")
         return listed or [name for name, _ in self.route.targets(severity, metric)]
 
-    def _check_fence(self, st: Mapping[str, str]) -> None:
-        if self.fence is not None:
+    def _check_fence(self, metric: str, st: Mapping[str, str]) -> None:
+        if self.judge is not None and metric not in self.leader_only:
+            self.judge.check(metric, st.get("shard_epoch"))
+        elif self.fence is not None:
             self.fence.check(st.get("epoch"))
 
-    def _epoch(self) -> dict[str, int]:
-        return {} if self.fence is None else {"epoch": self.fence.epoch}
+    def _epoch(self, metric: str) -> dict[str, int]:
+        out = {} if self.fence is None else {"epoch": self.fence.epoch}
+        if self.judge is not None and metric not in self.leader_only:
+            out["shard_epoch"] = self.judge.epoch_of(metric)
+        return out
 
     def _alert_from(self, metric: str, st: Mapping[str, str], state: str) -> Alert:
         """The ``state`` transition of the incident a state hash holds."""

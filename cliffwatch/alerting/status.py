@@ -1,6 +1,6 @@
 """What ``cliffwatch status`` shows: every metric Redis knows, the apps flushing to it (and
-the events they dropped, by reason), and the active silences, gathered in a few round
-trips and rendered as text or JSON.
+the events they dropped, by reason), the active silences and the live workers with their
+share of the metrics, gathered in a few round trips and rendered as text or JSON.
 
 A metric's status is one of:
 
@@ -20,6 +20,7 @@ A metric's status is one of:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -117,6 +118,38 @@ def worker_beat(store: Store, at: float) -> WorkerBeat:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerShare:
+    """One live worker process and its share of the metrics (see
+    :mod:`cliffwatch.alerting.shards`)."""
+
+    token: str
+    """``<host>:<pid>:<random>``."""
+    shards: int
+    metrics: int
+    leader: bool
+
+
+def worker_shares(store: Store) -> list[WorkerShare]:
+    """The live workers and what each judges, sorted by token. Raises
+    :class:`~cliffwatch.errors.StoreError` if Redis fails."""
+    out = []
+    for token, text in sorted(store.live_workers().items()):
+        try:
+            info = json.loads(text)
+        except ValueError:
+            info = {}
+        out.append(
+            WorkerShare(
+                token,
+                int(info.get("shards", 0)),
+                int(info.get("metrics", 0)),
+                bool(info.get("leader", False)),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     """Everything ``cliffwatch status`` shows, as of epoch second ``at``."""
 
@@ -129,6 +162,8 @@ class Overview:
     (see :mod:`cliffwatch.metrics.counter`)."""
     worker: WorkerBeat | None = None
     """Whether a leader worker is ticking (``None``: not read)."""
+    workers: list[WorkerShare] = field(default_factory=list)
+    """The live worker processes and their share of the metrics."""
 
     def to_json(self) -> dict[str, Any]:
         """The overview as a JSON-ready dict (what ``status --json`` prints)."""
@@ -138,6 +173,7 @@ class Overview:
             "emitters": [asdict(e) for e in self.emitters],
             "drops": dict(self.drops),
             "worker": None if self.worker is None else asdict(self.worker),
+            "workers": [asdict(w) for w in self.workers],
             "silences": [
                 {
                     **s.to_json(),
@@ -181,7 +217,8 @@ def collect(store: Store, now: float | None = None) -> Overview:
     """Gather the overview from ``store`` as of ``now`` (default: the wall clock).
 
     Reads the metric names, their state hashes, the last :data:`SPARK_MINUTES` minutes of
-    counts, the emitters, the apps' drop counts and the silences (deleting ended silences). Raises
+    counts, the emitters, the apps' drop counts, the silences (deleting ended silences)
+    and the live workers. Raises
     :class:`~cliffwatch.errors.StoreError` if Redis fails.
     """
     at = math.floor(time.time() if now is None else now)
@@ -200,7 +237,9 @@ def collect(store: Store, now: float | None = None) -> Overview:
         (Emitter(name, last, max(0, at - last)) for name, last in store.emitters().items()),
         key=lambda e: e.name,
     )
-    return Overview(at, rows, emitters, silences, store.drops(), worker_beat(store, at))
+    return Overview(
+        at, rows, emitters, silences, store.drops(), worker_beat(store, at), worker_shares(store)
+    )
 
 
 def _metric_status(
@@ -270,6 +309,13 @@ def render(overview: Overview, source: str = "") -> str:
     lines = [f"cliffwatch status  {iso(at)}" + (f"  {source}" if source else "")]
     if overview.worker is not None:
         lines.append(f"worker: {overview.worker.describe()}")
+    if len(overview.workers) > 1:
+        shown = ", ".join(
+            f"{w.token.rsplit(':', 1)[0]} {w.metrics} metrics/{w.shards} shards"
+            + (" (leader)" if w.leader else "")
+            for w in overview.workers
+        )
+        lines.append(f"workers ({len(overview.workers)}): {shown}")
     if overview.emitters:
         shown = ", ".join(f"{e.name} {human_duration(e.age_s)} ago" for e in overview.emitters)
         lines.append(f"emitters ({len(overview.emitters)}): {shown}")

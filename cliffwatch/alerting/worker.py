@@ -15,12 +15,17 @@ Without a snapshot a metric learns from whatever history Redis still has and is
 An incident that opens inside a silence (``cliffwatch silence add``) is recorded but not
 delivered; see :mod:`cliffwatch.alerting.silences`.
 
-Several workers may run against one Redis: ``run()`` takes part in a leader election
-(:mod:`cliffwatch.alerting.leader`). Only the leader opens and resolves incidents and
-delivers them (through the outbox, :mod:`cliffwatch.alerting.outbox`, one delivery
-thread per notifier); a follower ticks and learns like the leader, so when it takes over
-it compares what its detector says with the open incidents and carries on. A worker
-driven by ``tick()`` without a ``leader`` acts alone and delivers in the ticking thread.
+Several workers may run against one Redis, and they split the metrics: ``run()`` takes
+part in the shard leases of :mod:`cliffwatch.alerting.shards`, and a worker judges (and
+opens and resolves the incidents of) only the metrics of the shards it holds. When it
+gains shards it restores their metrics from their snapshots and history and compares
+them with their open incidents; at the whole minute after a shard is assigned elsewhere
+it saves their snapshots and hands the shard over. ``run()`` also takes part in a leader
+election (:mod:`cliffwatch.alerting.leader`): the leader alone delivers (through the
+outbox, :mod:`cliffwatch.alerting.outbox`, one delivery thread per notifier), watches for
+"monitoring blind" and writes the heartbeat. A worker driven by ``tick()`` without a
+``leader`` or ``shards`` acts alone: it judges every metric and delivers in the ticking
+thread.
 
 Where an incident goes follows its rule: its own ``slack_channel`` and PagerDuty
 service, else the ``[slack]`` and ``[pagerduty]`` defaults (:class:`~.incidents.Route`).
@@ -40,12 +45,12 @@ through the leader lease on its own). With a :class:`~.selfmetrics.WorkerMetrics
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -55,6 +60,7 @@ from ..errors import CliffwatchError, ConfigError, RulesError
 from ..metrics.store import Store
 from ..rules.config import Rule, RuleSet, load_rules
 from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
+from . import snapshots
 from .alert import BLIND_METRIC, Alert, no_data_incident
 from .alertmanager import ALERTMANAGER, WEBHOOK, AlertmanagerNotifier, WebhookNotifier, hold_for
 from .blind import BlindWatch
@@ -63,6 +69,7 @@ from .leader import Leader, LostLeadership
 from .notifiers import Notifier, PagerDutyNotifier, SlackNotifier
 from .quiet import QuietHold
 from .selfmetrics import WorkerMetrics
+from .shards import LostShard, ShardMap
 from .silences import Silences
 
 log = logging.getLogger("cliffwatch.worker")
@@ -71,6 +78,13 @@ WATERMARK_S = 1.2  # a second is judged once every app flushed it, or this long 
 TICK_PHASE_S = 0.1  # ticks run this long after each second boundary, after the flushes
 EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
+SHARDED_SNAPSHOT_EVERY_S = 60
+LOST_GRACE_S = 60.0
+"""A sharded worker that loses a shard's lease (Redis restarted, or was out of reach)
+keeps learning, without deciding for, its metrics this long: taking the shard back, it
+carries on instead of learning them again."""
+"""With shard leases (every ``run()``), snapshots are saved every minute: a dead worker's
+metrics are taken over from at most a minute back."""
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
 STATUS_EVERY_S = 5
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
@@ -132,6 +146,9 @@ class Worker:
         :meth:`run` makes one).
     :param monitor: where to record the worker's own health (ticks, lag, alerts,
         deliveries, leadership); ``None``: nowhere.
+    :param shards: the shard leases this worker takes part in; it then judges only the
+        metrics of the shards it holds. ``None``: it judges every metric (and :meth:`run`
+        makes one: a lone worker holds every shard).
     """
 
     def __init__(
@@ -146,6 +163,7 @@ class Worker:
         on_alert: Callable[[Alert], None] | None = None,
         leader: Leader | None = None,
         monitor: WorkerMetrics | None = None,
+        shards: ShardMap | None = None,
     ) -> None:
         if watermark < 0 or not math.isfinite(watermark):
             raise ConfigError(f"watermark must be a number of seconds >= 0, not {watermark!r}")
@@ -168,6 +186,13 @@ class Worker:
         self.incidents.recent = self.minute_rates
         self.quiet = QuietHold(store, self.incidents.outbox, rules.quiet_hours, clock=clock)
         self.leader = leader
+        self.shards: ShardMap | None = None
+        self._all: list[str] = []  # every metric the rules name (sharded: some judged here)
+        self._all_version = 0
+        self._lost_since: dict[int, float] = {}  # shards whose lease lapsed -> when noticed
+        self._shards_seen: tuple[frozenset[tuple[int, int]], int] | None = None
+        if shards is not None:
+            self._use_shards(shards)
         self.monitor = monitor
         if monitor is not None:
             self.incidents.outbox.on_delivery = monitor.delivery
@@ -183,6 +208,20 @@ class Worker:
         self._last_rescan = -math.inf
         self._last_snapshot = -math.inf
         self._last_status = -math.inf
+        self._ticks = 0
+        self._last_gain: tuple[int, float] | None = None
+        self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
+
+    def _use_shards(self, shards: ShardMap) -> None:
+        self.shards = shards
+        self.incidents.judge = shards
+        self.incidents.leader_only.add(BLIND_METRIC)
+
+    @property
+    def _deciding(self) -> bool:
+        """Whether this worker decides for the metrics it judges: always when sharded
+        (each decision is fenced by the metric's shard), else while it leads."""
+        return self._acting if self.shards is None else True
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -203,6 +242,17 @@ class Worker:
         now = self.clock() if now is None else now
         started = time.perf_counter()
         alerts = self._tick(now)
+        if self.shards is not None:
+            self._ticks += 1
+            self._recent_ticks.append((self._ticks, round(time.perf_counter() - started, 4)))
+            nxt = self.detector.next_second
+            self.shards.info = {
+                "metrics": len(self._judged_rows()),
+                "leader": self._acting,
+                "ticks": list(self._recent_ticks),  # [tick number, seconds] of the last few
+                "judged_to": nxt,  # the first second not judged yet
+                "gained": self._last_gain,  # [metrics, seconds] of the last shards taken on
+            }
         if self._acting:
             self.store.beat(now, int(HEARTBEAT_TTL_S * 1000))
         else:
@@ -243,20 +293,26 @@ class Worker:
         self._follow_leader()
         if self._acting:
             self.quiet.flush(now)  # the quiet-hours digest, once the window is over
+        self._follow_shards(end)
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
         start = max(nxt, end - CATCH_UP_MAX_S)
+        if self.shards is not None:  # stop at each whole minute, to hand over and snapshot
+            end = min(end, start - start % 60 + 60)
         if end > start:
             counts = self.store.read_counts(self.metrics, start, end)
             alerts += self._apply(self.detector.update(counts, start))
+        if end % 60 == 0:
+            self._hand_over(end)
         self._remind(end)
         self.incidents.retry_pending(self.metrics)
-        if self._acting:  # a follower decides nothing
+        if self._deciding:  # a follower decides nothing
             alerts += self._check_blind(now, end)
-        if end % 60 == 0 and now - self._last_snapshot >= SNAPSHOT_EVERY_S and self._acting:
+        every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
+        if end % 60 == 0 and now - self._last_snapshot >= every - 1 and self._deciding:
             self.save_snapshots(end)
-        if now - self._last_status >= STATUS_EVERY_S and self._acting:
+        if now - self._last_status >= STATUS_EVERY_S and self._deciding:
             self.write_status(end)
             self._last_status = now
         return alerts
@@ -282,6 +338,10 @@ class Worker:
         if self.leader is None:
             self.leader = Leader(self.store)
             self.incidents.fence = self.leader
+        if self.shards is None:
+            self._use_shards(ShardMap(self.store))
+        assert self.shards is not None
+        self.shards.start()
         self.leader.start()
         self.start()
         self.incidents.outbox.start()
@@ -351,13 +411,15 @@ class Worker:
         """Save what the metrics learnt (when at a whole minute) and disconnect."""
         try:
             nxt = self.detector.next_second
-            if nxt is not None and nxt % 60 == 0 and self.metrics and self._acting:
+            if nxt is not None and nxt % 60 == 0 and self.metrics and self._deciding:
                 self.save_snapshots(nxt)
         except CliffwatchError as exc:
             log.error("could not save snapshots: %s", exc)
         self.incidents.outbox.stop()
         if self.leader is not None:
             self.leader.stop()
+        if self.shards is not None:
+            self.shards.stop()
         self._acting = False
 
     def _install_signals(self) -> None:
@@ -382,6 +444,13 @@ class Worker:
         self._last_rescan = now
         known = self.store.metric_names() if any(r.is_glob for r in self.rules.rules) else []
         names = self.rules.metrics(known)
+        self._all = names
+        self._all_version += 1
+        if self.shards is not None:
+            if not force:
+                return  # new names are taken on by _follow_shards, like gained shards
+            held = self.shards.held()
+            names = [m for m in names if self.shards.shard_of(m) in held]
         if not force and names == self.metrics:
             return
         self._watch(names, int(math.floor(now - self.watermark)))
@@ -390,7 +459,29 @@ class Worker:
         """Build a detector for ``names``: keep what running metrics learnt, restore
         snapshots of new ones, and refill their history up to second ``end``."""
         names = list(names)
+        if not names:  # nothing to judge (yet): e.g. every shard is held elsewhere
+            self.metrics, self.rule_of = [], []
+            self.detector = Detector(0, warmup_minutes=self.warmup_minutes)
+            log.info("watching no metrics")
+            self._say_share()
+            return
         old = {m: i for i, m in enumerate(self.metrics)}
+        # everything starts at a whole minute, HISTORY_S before the snapshot or now
+        new = [m for m in names if m not in old]
+        snaps = dict(zip(new, snapshots.load(self.store, new), strict=True))
+        at = [s.at for s in snaps.values() if s is not None]
+        base = self.detector.next_second if old and self.detector.next_second else None
+        if base is None:
+            base = max(at) if at else end - end % 60
+        # snapshots saved at another minute are taken on afterwards, group by group
+        later = [m for m, s in snaps.items() if s is not None and s.at != base]
+        if later:
+            skip = set(later)
+            names = [m for m in names if m not in skip]
+            if not names:
+                self._watch([], end)
+                self._gain(later, end)
+                return
         rules = [self.rules.match(m) for m in names]
         det = Detector(
             len(names),
@@ -398,26 +489,22 @@ class Worker:
             [r.min_rate if r else 0.0 for r in rules],
             self.warmup_minutes,
         )
-        # everything starts at a whole minute, HISTORY_S before the snapshot or now
-        new = [m for m in names if m not in old]
-        snaps = dict(zip(new, map(_read_snapshot, new, self.store.get_blobs(new)), strict=True))
-        at = [int(s["at"]) for s in snaps.values() if s is not None]
-        base = self.detector.next_second if old and self.detector.next_second else None
-        if base is None:
-            base = max(at) if at else end - end % 60
-        restored = False
-        for i, m in enumerate(names):
-            if m in old:
-                det.restore(i, self.detector.snapshot(old[m]))
-                restored = True
-            elif snaps.get(m) is not None and int(snaps[m]["at"]) == base:
-                det.restore(i, snaps[m])
-                restored = True
+        kept = [(i, old[m]) for i, m in enumerate(names) if m in old]
+        if kept:
+            det.unpack([i for i, _ in kept], self.detector.pack([j for _, j in kept]))
+        back = [(i, snaps[m]) for i, m in enumerate(names) if m not in old]
+        back = [(i, s) for i, s in back if s is not None and s.at == base]
+        snapshots.restore(det, [i for i, _ in back], [s for _, s in back if s is not None])
+        restored = bool(kept or back)
         self._restore_incidents(det, names)
-        acting = self._acting
+        acting = self._deciding
         if restored:
             hist_start = base - HISTORY_S
-            det.prime(self.store.read_counts(names, hist_start, base), hist_start)
+            recent = [(i, s.recent) for i, s in back if s is not None and s.recent is not None]
+            if kept:
+                rows = [i for i, _ in kept]
+                recent += zip(rows, self.detector.recent_counts([j for _, j in kept]), strict=True)
+            self._prime(det, names, hist_start, base, recent)
         else:  # nothing learnt yet: learn from the history Redis still has
             replay = min(self.store.retention_s - 120, CATCH_UP_MAX_S)
             hist_start = base - max(replay, HISTORY_S)
@@ -432,12 +519,184 @@ class Worker:
             self._reconcile(det, names, max(base, end))
         self.metrics, self.rule_of, self.detector = names, [r for r in rules if r], det
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
+        self._say_share()
+        if later:
+            self._gain(later, end)
+
+    # -- shards -------------------------------------------------------------------
+
+    def _say_share(self) -> None:
+        if self.shards is not None:
+            log.info(
+                "judging %d of %d metrics (%d of %d shards)",
+                len(self.metrics),
+                len(self._all),
+                len(self.shards.held()),
+                self.shards.shards,
+            )
+
+    def _follow_shards(self, end: int) -> None:
+        """Stop judging the metrics of shards no longer held (their leases lapsed), and
+        take on those of shards gained (and new metrics of held shards)."""
+        if self.shards is None:
+            return
+        leaving = self.shards.leaving()
+        if leaving:  # a shard with none of this worker's metrics is handed over at once
+            empty = leaving - {self.shards.shard_of(m) for m in self.metrics}
+            if empty:
+                self.shards.release(sorted(empty))
+        held = self.shards.held()
+        seen = (frozenset(held.items()), self._all_version)
+        if seen == self._shards_seen and not self._lost_since:
+            return  # nothing changed since the last tick
+        shard_of, now = self.shards.shard_of, time.monotonic()
+        for n in {shard_of(m) for m in self.metrics} - set(held):
+            if n not in self._lost_since:
+                log.warning("shard %d's lease lapsed: learning, not deciding, for its metrics", n)
+            self._lost_since.setdefault(n, now)
+        back = {n for n in self._lost_since if n in held}
+        expired = {n for n, t in self._lost_since.items() if now - t >= LOST_GRACE_S}
+        for n in back | expired:
+            del self._lost_since[n]
+        if expired:
+            keep = [i for i, m in enumerate(self.metrics) if shard_of(m) not in expired]
+            log.warning(
+                "no longer judging %d metrics: their shards' leases lapsed %d s ago",
+                len(self.metrics) - len(keep),
+                LOST_GRACE_S,
+            )
+            self._keep(keep)
+            self._say_share()
+        if back:  # taken back: compare with what may have been decided meanwhile
+            rows = [i for i, m in enumerate(self.metrics) if shard_of(m) in back]
+            try:
+                self._reconcile(self.detector.take(rows), [self.metrics[i] for i in rows], end)
+            except LostShard as exc:
+                log.warning("%s", exc)
+        have = set(self.metrics)
+        new = [m for m in self._all if m not in have and self.shards.shard_of(m) in held]
+        if not new or self._gain(new, end):
+            self._shards_seen = seen
+
+    def _keep(self, rows: Sequence[int]) -> None:
+        self.detector = self.detector.take(rows)
+        self.metrics = [self.metrics[i] for i in rows]
+        self.rule_of = [self.rule_of[i] for i in rows]
+
+    def _gain(self, names: list[str], end: int) -> bool:
+        """Start judging ``names`` (metrics of shards just taken): restore their
+        snapshots, refill their history and catch up to the second the running detector
+        is at, compare them with their open incidents, and join them to the running
+        detector (which keeps what it holds). Snapshots saved at different minutes are
+        taken on group by group. False if one is newer than the running detector: then
+        it is tried again on the next tick."""
+        began = time.perf_counter()
+        at = self.detector.next_second
+        if at is None or not self.metrics:
+            self._watch([*self.metrics, *names], end)
+            return True
+        snaps = snapshots.load(self.store, names)
+        if any(s is not None and s.at > at for s in snaps):
+            return False  # saved after the second this worker is at: on the next tick
+        groups: dict[int | None, list[int]] = {}
+        for i, snap in enumerate(snaps):
+            groups.setdefault(None if snap is None else snap.at, []).append(i)
+        order = sorted(groups, key=lambda b: (b is None, b or 0))
+        for base in order:
+            rows = groups[base]
+            self._gain_group([names[i] for i in rows], [snaps[i] for i in rows], base)
+        self._last_gain = (len(names), round(time.perf_counter() - began, 3))
+        log.info("took on %d metrics in %.2f s", *self._last_gain)
+        self._say_share()
+        return True
+
+    def _gain_group(
+        self, names: list[str], snaps: Sequence[snapshots.Snapshot | None], base: int | None
+    ) -> None:
+        """:meth:`_gain` for metrics whose snapshots were all saved at second ``base``
+        (``None``: metrics without one, which learn from the history Redis has)."""
+        main, at = self.detector, self.detector.next_second
+        assert at is not None
+        rules = [self.rules.match(m) for m in names]
+        sub = Detector(
+            len(names),
+            [r.threshold if r else -3.0 for r in rules],
+            [r.min_rate if r else 0.0 for r in rules],
+            self.warmup_minutes,
+        )
+        if base is not None:
+            hist_start = base - HISTORY_S
+        else:
+            base = at - at % 60
+            hist_start = base - max(min(self.store.retention_s - 120, CATCH_UP_MAX_S), HISTORY_S)
+        pos = main.position - (at - hist_start)
+        if pos < 0:  # the running detector's history is shorter: count its positions up
+            main.renumber(-(pos // HISTORY_S))
+            pos = main.position - (at - hist_start)
+        sub.align(pos)
+        kept = [s for s in snaps if s is not None]
+        if kept:
+            snapshots.restore(sub, range(len(names)), kept)
+        self._restore_incidents(sub, names)
+        if kept:
+            recent = [(i, s.recent) for i, s in enumerate(kept) if s.recent is not None]
+            self._prime(sub, names, hist_start, base, recent)
+        else:
+            sub.update(self.store.read_counts(names, hist_start, base), hist_start)
+        if at > base:
+            sub.update(self.store.read_counts(names, base, at), base)
+        try:
+            self._reconcile(sub, names, at)
+        except LostShard as exc:
+            log.warning("%s", exc)  # dropped on the next tick
+        self.detector = main.join(sub)
+        self.metrics = [*self.metrics, *names]
+        self.rule_of = [*self.rule_of, *(r for r in rules if r)]
+
+    def _hand_over(self, at: int) -> None:
+        """At a whole minute: save the snapshots of the metrics of held shards now
+        assigned to another worker, stop judging them, and release those shards."""
+        if self.shards is None or self.detector.next_second != at:
+            return
+        leaving = self.shards.leaving()
+        if not leaving:
+            return
+        going = [i for i, m in enumerate(self.metrics) if self.shards.shard_of(m) in leaving]
+        self._save_snapshots([self.metrics[i] for i in going], going, at)
+        gone = set(going)
+        self._keep([i for i in range(len(self.metrics)) if i not in gone])
+        self.shards.release(sorted(leaving))
+        self._say_share()
+
+    def _prime(
+        self,
+        det: Detector,
+        names: Sequence[str],
+        start: int,
+        end: int,
+        recent: Sequence[tuple[int, np.ndarray]],
+    ) -> None:
+        """Refill ``det``'s per-second history from ``start`` to ``end``: the last seconds
+        of the rows in ``recent`` (row, counts just before ``end``) as given, the rest
+        from Redis."""
+        counts = np.full((len(names), end - start), np.nan)
+        given = {i for i, _ in recent}
+        missing = [i for i in range(len(names)) if i not in given]
+        if missing:
+            counts[missing] = self.store.read_counts([names[i] for i in missing], start, end)
+        if recent:
+            seconds = np.stack([r for _, r in recent])
+            width = min(seconds.shape[1], end - start)
+            counts[[i for i, _ in recent], end - start - width :] = seconds[:, -width:]
+        det.prime(counts, start)
 
     def _reconcile(self, det: Detector, names: Sequence[str], at: int) -> None:
         """After learning from history: open an incident for a metric that is down now,
-        close one that recovered while nobody watched."""
-        for i, m in enumerate(names):
-            st = self.incidents.state(m)
+        close one that recovered while nobody watched (the states read in one round
+        trip; only a metric that changed is written)."""
+        for i, (m, st) in enumerate(zip(names, self.store.get_states(names), strict=True)):
+            if bool(det.firing[i]) == (st.get("state") == "firing"):
+                continue
             rule = self.rules.match(m)
             if rule is None:
                 continue
@@ -463,15 +722,21 @@ class Worker:
             return
         if not leads:
             self._acting = False
-            log.warning("following: deciding and delivering nothing")
+            log.warning(
+                "following: delivering nothing"
+                if self.shards
+                else "following: deciding and delivering nothing"
+            )
             return
         self._acting = True
         self.blind.reset()  # another worker may have opened or resolved no-data incidents
         try:
             nxt = self.detector.next_second
-            if nxt is not None and self.metrics:
+            if nxt is not None and self.metrics and self.shards is None:
                 self._reconcile(self.detector, self.metrics, nxt)
-            watched = [*self.metrics, BLIND_METRIC, *map(no_data_incident, self.metrics)]
+            # sharded: the metrics' owners reconcile; the leader delivers for them all
+            everything = self._all if self.shards is not None else self.metrics
+            watched = [*everything, BLIND_METRIC, *map(no_data_incident, everything)]
             self.incidents.outbox.requeue(self.incidents.undelivered(watched))
         except LostLeadership:
             self._acting = False
@@ -480,20 +745,16 @@ class Worker:
             raise
 
     def _restore_incidents(self, det: Detector, names: Sequence[str]) -> None:
-        for i, m in enumerate(names):
-            st = self.incidents.state(m)
+        for i, st in enumerate(self.store.get_states(names)):
             if st.get("state") == "firing":
                 det.firing[i] = True
                 det.frozen[i] = float(st.get("baseline", "nan"))
 
     def save_snapshots(self, at: int) -> None:
-        """Store what every metric has learnt, as of epoch second ``at``."""
-        blobs = {}
-        for i, m in enumerate(self.metrics):
-            buf = io.BytesIO()
-            np.savez(buf, at=np.int64(at), **self.detector.snapshot(i))
-            blobs[m] = buf.getvalue()
-        self.store.set_blobs(blobs)  # one pipelined round trip per 10,000 metrics
+        """Store what every metric has learnt, as of epoch second ``at`` (sharded: those
+        of the shards it holds)."""
+        rows = self._judged_rows()
+        self._save_snapshots([self.metrics[i] for i in rows], rows, at)
         self._last_snapshot = self.clock()
 
     def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
@@ -506,12 +767,25 @@ class Worker:
             return []
         return [float(r) for r in self.detector.minute_rates(i, minutes)]
 
+    def _judged_rows(self) -> list[int]:
+        """The metrics this worker decides for: all but those of shards whose lease
+        lapsed (see :data:`LOST_GRACE_S`)."""
+        if self.shards is None or not self._lost_since:
+            return list(range(len(self.metrics)))
+        shard_of = self.shards.shard_of
+        return [i for i, m in enumerate(self.metrics) if shard_of(m) not in self._lost_since]
+
+    def _save_snapshots(self, names: Sequence[str], rows: Sequence[int], at: int) -> None:
+        snapshots.save(self.store, self.detector, names, rows, at)
+
     def write_status(self, at: int) -> None:
         """Publish each metric's figures for ``cliffwatch status``."""
         det = self.detector
         judged = det.judged()
+        judge = {} if self.shards is None else {"judged_by": self.shards.token}
         states = {}
-        for i, m in enumerate(self.metrics):
+        for i in self._judged_rows():
+            m = self.metrics[i]
             if det.firing[i]:
                 phase = "firing"
             elif judged[i]:
@@ -528,12 +802,13 @@ class Worker:
                 "now_baseline": _num(det.baseline[i]),
                 "minutes_seen": int(det.minutes_seen[i]),
                 "no_data_since": self.blind.no_data_since(m) or "",
+                **judge,
             }
         self.store.set_states(states)  # one pipelined round trip per 10,000 metrics
 
     def _apply(self, transitions: list[Transition]) -> list[Alert]:
         out: list[Alert] = []
-        if not self._acting:  # a follower learns, and decides nothing
+        if not self._deciding:  # a follower learns, and decides nothing
             return out
         try:
             self._decide(transitions, out)
@@ -546,14 +821,18 @@ class Worker:
         """Queue Slack reminders of the incidents still firing at second ``at`` (as the
         rules' ``reminder`` says); nothing on a follower."""
         every = self.rules.reminder_s
-        if not self._acting or every <= 0 or not self.metrics:
+        if not self._deciding or every <= 0 or not self.metrics:
             return
         det = self.detector
         try:
             for i in np.flatnonzero(det.firing):
-                reminder = self.incidents.remind(
-                    self.metrics[i], at, float(det.score[i]), float(det.rate[i]), every
-                )
+                try:
+                    reminder = self.incidents.remind(
+                        self.metrics[i], at, float(det.score[i]), float(det.rate[i]), every
+                    )
+                except LostShard as exc:
+                    log.warning("%s", exc)
+                    continue
                 if reminder is not None and self.monitor is not None:
                     self.monitor.reminders.inc()
             reminded = self.blind.remind(at, every, det, self.metrics)
@@ -564,10 +843,15 @@ class Worker:
             self._acting = False
 
     def _check_blind(self, now: float, end: int) -> list[Alert]:
-        """The "monitoring blind" and "no data" incidents (see
-        :mod:`~cliffwatch.alerting.blind`), decided by the acting worker."""
+        """The "monitoring blind" incident (the leader's) and the "no data" incidents of
+        the metrics this worker decides for (see :mod:`~cliffwatch.alerting.blind`)."""
         try:
-            return self.blind.check(now, end, self.metrics, self.detector)
+            return self.blind.check(
+                now, end, self.metrics, self.detector, whole_store=self._acting
+            )
+        except LostShard as exc:  # a lapsed shard: its metrics are dropped soon
+            log.warning("not deciding: %s", exc)
+            return []
         except LostLeadership as exc:
             log.warning("stopped deciding: %s", exc)
             self._acting = False
@@ -575,36 +859,30 @@ class Worker:
 
     def _decide(self, transitions: list[Transition], out: list[Alert]) -> None:
         for t in transitions:
-            metric = self.metrics[t.index]
-            rule = self.rule_of[t.index]
-            if t.state == "firing":
-                out.append(
-                    self.incidents.fire(
-                        metric, t.at, rule.severity, rule.threshold, t.score, t.rate, t.baseline
-                    )
+            try:
+                self._decide_one(t, out)
+            except LostShard as exc:  # its metrics are dropped on the next tick
+                log.warning("not deciding: %s", exc)
+
+    def _decide_one(self, t: Transition, out: list[Alert]) -> None:
+        metric = self.metrics[t.index]
+        rule = self.rule_of[t.index]
+        if t.state == "firing":
+            out.append(
+                self.incidents.fire(
+                    metric, t.at, rule.severity, rule.threshold, t.score, t.rate, t.baseline
                 )
-            else:
-                alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
-                if alert is not None:
-                    out.append(alert)
+            )
+        else:
+            alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
+            if alert is not None:
+                out.append(alert)
 
 
 def _where_alerts_go(rules: RuleSet) -> tuple[object, ...]:
     """What of ``rules`` is read at start only: the notifiers and quiet hours."""
     own = sorted({(r.slack_channel, r.pagerduty) for r in rules.rules})
     return (rules.slack, rules.pagerduty, rules.quiet_hours, own)
-
-
-def _read_snapshot(metric: str, blob: bytes | None) -> dict[str, np.ndarray] | None:
-    """A metric's stored snapshot as arrays; ``None`` if there is none or it is unreadable."""
-    if blob is None:
-        return None
-    try:
-        with np.load(io.BytesIO(blob)) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as exc:
-        log.warning("ignoring unreadable snapshot of %s: %s", metric, exc)
-        return None
 
 
 def _num(x: float) -> str:

@@ -4,7 +4,8 @@ All keys of one metric share the hash tag ``{<metric>}``, so Redis Cluster puts 
 one slot and twemproxy (``hash_tag: "{}"``) on one shard. Nothing needs MULTI/EXEC, and
 no script touches more than one key. The few keys shared by all metrics (``Pmetrics``,
 ``Pemitters``, ``Pdrops``, ``Psilences``, ``Pleader``, ``Pleader:epoch``, ``Poutbox``,
-``Pworker:heartbeat``, ``Pworker:last_tick``, ``Pquiet:held``) are each one
+``Pworker:heartbeat``, ``Pworker:last_tick``, ``Pquiet:held``, ``Pworkers``,
+``Pworkers:info``, ``Pshard:<n>``, ``Pshard:<n>:epoch``) are each one
 key, read and written on its own; in Redis Cluster each lives in its own slot, so the
 worker's outbox (one stream) sits on one shard, which is ample for alert traffic.
 
@@ -50,6 +51,16 @@ key                             type    holds
                                         JSON of a ``notify`` alert held during quiet
                                         hours, until the digest takes it (see
                                         :mod:`cliffwatch.alerting.quiet`)
+``Pworkers``                    zset    worker token -> the millisecond (Redis server
+                                        clock) its membership expires: the live
+                                        workers that share the shards (see
+                                        :mod:`cliffwatch.alerting.shards`)
+``Pworkers:info``               hash    worker token -> JSON of what it judges (shards,
+                                        metrics, last tick), for ``cliffwatch status``
+``Pshard:<n>``                  string  shard ``n``'s lease: the token of the worker
+                                        judging its metrics, with a PX expiry
+``Pshard:<n>:epoch``            string  integer, INCR'd by each worker that takes shard
+                                        ``n``'s lease: its fencing epoch
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -129,3 +140,21 @@ class Keys:
     def quiet_held(self) -> str:
         """Hash of the ``notify`` alerts held for the quiet-hours digest."""
         return f"{self.prefix}quiet:held"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker token -> expiry (server-clock milliseconds)."""
+        return f"{self.prefix}workers"
+
+    @property
+    def workers_info(self) -> str:
+        """Hash of worker token -> JSON of the shards and metrics it judges."""
+        return f"{self.prefix}workers:info"
+
+    def shard(self, n: int) -> str:
+        """Shard ``n``'s lease: the token of the worker that judges its metrics."""
+        return f"{self.prefix}shard:{n}"
+
+    def shard_epoch(self, n: int) -> str:
+        """Integer counter, incremented by every worker that takes shard ``n``'s lease."""
+        return f"{self.prefix}shard:{n}:epoch"

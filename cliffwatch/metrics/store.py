@@ -1,8 +1,9 @@
 """Redis access shared by the app side (writing counts) and the worker (reading them).
 
-Every method talks to Redis in one pipelined round trip (``transaction=False``: no
-MULTI/EXEC; the only scripts are the worker lease's compare-and-renew and
-compare-and-delete, each on one key), and every Redis failure surfaces as a
+Every method talks to Redis in one pipelined round trip, a few in two
+(``transaction=False``: no MULTI/EXEC; the only scripts are the leases' (the leader's
+and the shards') compare-and-renew and compare-and-delete and the worker membership's
+join, each on one key), and every Redis failure surfaces as a
 :class:`~cliffwatch.errors.StoreError` with a one-line message that names the server but
 never its password. Key names come from :mod:`cliffwatch.metrics.keys`.
 """
@@ -527,6 +528,100 @@ class Store:
             value = self.client.get(self.keys.leader)
         return None if value is None else _text(value)
 
+    # -- the shards' leases and the workers sharing them (cliffwatch.alerting.shards) --
+
+    def join_workers(self, token: str, ttl_ms: int) -> list[str]:
+        """Record ``token`` as a live worker for ``ttl_ms`` more milliseconds (on the
+        Redis server's clock), forget workers whose membership expired, and return the
+        live tokens, sorted. One single-key script. Raises ``StoreError``."""
+        with self._errors("renewing the worker membership"):
+            live = self.client.eval(_JOIN, 1, self.keys.workers, token, ttl_ms)
+        return sorted(_text(t) for t in live)
+
+    def leave_workers(self, token: str) -> None:
+        """Remove ``token`` from the live workers and its info. Raises ``StoreError``."""
+        with self._errors("leaving the workers"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self.keys.workers, token)
+            pipe.hdel(self.keys.workers_info, token)
+            pipe.execute()
+
+    def live_workers(self) -> dict[str, str]:
+        """The live workers' tokens -> their info JSON (``"{}"`` if none written yet),
+        in one round trip. Raises ``StoreError``."""
+        with self._errors("reading the workers"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+            pipe.hgetall(self.keys.workers_info)
+            (sec, micros), members, info = pipe.execute()
+        now_ms = int(sec) * 1000 + int(micros) // 1000
+        infos = {_text(k): _text(v) for k, v in info.items()}
+        return {_text(t): infos.get(_text(t), "{}") for t, expiry in members if expiry > now_ms}
+
+    def set_worker_info(self, token: str, info: str) -> None:
+        """Publish what worker ``token`` judges (JSON). Raises ``StoreError``."""
+        with self._errors("writing the worker info"):
+            self.client.hset(self.keys.workers_info, token, info)
+
+    def take_shards(self, token: str, shards: Sequence[int], ttl_ms: int) -> dict[int, int]:
+        """Take the lease of each free shard in ``shards`` (SET NX PX), then a new fencing
+        epoch (INCR) for each taken; return shard -> epoch for those taken, in two
+        pipelined round trips. Raises ``StoreError``."""
+        if not shards:
+            return {}
+        with self._errors("taking shard leases"):
+            pipe = self.client.pipeline(transaction=False)
+            for n in shards:
+                pipe.set(self.keys.shard(n), token, nx=True, px=ttl_ms)
+            won = [n for n, ok in zip(shards, pipe.execute(), strict=True) if ok]
+            if not won:
+                return {}
+            pipe = self.client.pipeline(transaction=False)
+            for n in won:
+                pipe.incr(self.keys.shard_epoch(n))
+            epochs = pipe.execute()
+        return {n: int(e) for n, e in zip(won, epochs, strict=True)}
+
+    def renew_shards(
+        self, token: str, shards: Sequence[int], ttl_ms: int
+    ) -> dict[int, tuple[bool, int]]:
+        """Extend each shard lease ``token`` still holds to ``ttl_ms`` from now (one
+        single-key compare-and-PEXPIRE script per shard, pipelined); return shard ->
+        (still held, newest epoch). Raises ``StoreError``."""
+        if not shards:
+            return {}
+        with self._errors("renewing shard leases"):
+            pipe = self.client.pipeline(transaction=False)
+            for n in shards:
+                pipe.execute_command("EVAL", _RENEW, 1, self.keys.shard(n), token, ttl_ms)
+                pipe.get(self.keys.shard_epoch(n))
+            replies = pipe.execute()
+        return {
+            n: (bool(replies[2 * k]), int(replies[2 * k + 1] or 0)) for k, n in enumerate(shards)
+        }
+
+    def release_shards(self, token: str, shards: Sequence[int]) -> None:
+        """Delete the shard leases ``token`` holds among ``shards`` (compare-and-DEL,
+        pipelined). Raises ``StoreError``."""
+        if not shards:
+            return
+        with self._errors("releasing shard leases"):
+            pipe = self.client.pipeline(transaction=False)
+            for n in shards:
+                pipe.execute_command("EVAL", _RELEASE, 1, self.keys.shard(n), token)
+            pipe.execute()
+
+    def shard_holders(self, shards: int) -> list[str | None]:
+        """The token holding each shard's lease (``None``: free), for shards ``0`` to
+        ``shards - 1``, in one pipelined round trip. Raises ``StoreError``."""
+        with self._errors("reading shard leases"):
+            pipe = self.client.pipeline(transaction=False)
+            for n in range(shards):
+                pipe.get(self.keys.shard(n))
+            replies = pipe.execute()
+        return [None if r is None else _text(r) for r in replies]
+
     # -- the worker's heartbeat (the dead-man's switch) -------------------------------
 
     def beat(self, at: float, ttl_ms: int) -> None:
@@ -608,6 +703,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+_JOIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -63,6 +63,7 @@ alerts.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
 RESOLVE_FRACTION = 0.75
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
 HISTORY_S = max(2 * max(SHORT_SCALES), REF_MIN_S + max(SHORT_SCALES), RESOLVE_MAX_S) + 64
+RECENT_S = HISTORY_S - 1  # seconds of counts the ring of running sums can give back
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,115 @@ class Detector:
             target[..., i] = value
         if self.firing[i]:  # windows must not reach back into the open incident
             self._fire_pos[i] = self._pos
+
+    def pack(self, rows: Sequence[int]) -> np.ndarray:
+        """What the metrics at ``rows`` learnt (as :meth:`snapshot`), packed: one row of
+        :func:`packed_size` bytes per metric, copied in one go. Same validity as
+        :meth:`snapshot` (a whole minute)."""
+        idx = np.asarray(rows, np.int64)
+        parts = []
+        for name in _LEARNT:
+            if name.endswith("_t"):  # a transposed view: gather rows of the real array
+                flat = np.take(getattr(self, name[:-2]), idx, axis=0)
+            else:
+                value = np.take(getattr(self, name), idx, axis=-1)  # (..., k)
+                flat = np.ascontiguousarray(np.moveaxis(value, -1, 0))
+            parts.append(flat.reshape(len(idx), -1).view(np.uint8))
+        return np.concatenate(parts, axis=1)
+
+    def recent_counts(self, rows: Sequence[int]) -> np.ndarray:
+        """The counts of the metrics at ``rows`` in the :data:`RECENT_S` seconds before
+        :attr:`next_second`, as float32 ``(len(rows), RECENT_S)`` (NaN: no data, or not
+        fed): what :meth:`prime` needs to go on from here in another process."""
+        idx = np.asarray(rows, np.int64)
+        positions = np.arange(self._pos - RECENT_S, self._pos)
+        cur, prev = positions % HISTORY_S, (positions - 1) % HISTORY_S
+        known = positions >= max(1, self._pos - HISTORY_S + 1)
+        c, v = self._csum[idx], self._cvalid[idx]
+        counts = c[:, cur] - c[:, prev]
+        valid = (v[:, cur] - v[:, prev] > 0.5) & known[None, :]
+        if self._pos >= 1:  # the very first second fed has no earlier sum to subtract
+            first = positions == 0
+            counts[:, first] = c[:, [0]]
+            valid[:, first] = v[:, [0]] > 0.5
+        return np.where(valid, counts, np.nan).astype(np.float32)
+
+    def unpack(self, rows: Sequence[int], packed: np.ndarray) -> None:
+        """Give the metrics at ``rows`` back what :meth:`pack` took (a ``(len(rows),
+        packed_size())`` uint8 array). Raises ``ValueError`` for a misshapen array."""
+        idx = np.asarray(rows, np.int64)
+        packed = np.asarray(packed, np.uint8)
+        if packed.shape != (len(idx), packed_size()):
+            raise ValueError(f"packed snapshots have shape {packed.shape}")
+        at = 0
+        for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True):
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            part = np.ascontiguousarray(packed[:, at : at + size]).view(dtype)
+            if name.endswith("_t"):
+                getattr(self, name[:-2])[idx] = part.reshape(len(idx), *shape)
+            else:
+                target = getattr(self, name)
+                target[..., idx] = np.moveaxis(part.reshape(len(idx), *shape), 0, -1)
+            at += size
+        firing = idx[self.firing[idx]]
+        self._fire_pos[firing] = self._pos  # windows must not reach back into the incident
+
+    @property
+    def position(self) -> int:
+        """Seconds fed since the start (counted from :meth:`align`'s ``pos``)."""
+        return self._pos
+
+    def take(self, rows: Sequence[int]) -> Detector:
+        """A detector of the metrics at ``rows`` only (in that order), with everything
+        they learnt and their recent seconds: it goes on as this one would for them."""
+        out = copy.copy(self)
+        idx = np.asarray(rows, np.int64)
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                setattr(out, name, np.take(value, idx, axis=_metric_axis(name)))
+        out.n = len(idx)
+        return out
+
+    def join(self, other: Detector) -> Detector:
+        """One detector of this one's metrics followed by ``other``'s. Both must be at
+        the same second and position (``other`` built to line up with this one, see
+        :meth:`align`); raises ``ValueError`` otherwise."""
+        if (other.next_second, other._pos, other.warmup_minutes) != (
+            self.next_second,
+            self._pos,
+            self.warmup_minutes,
+        ):
+            raise ValueError(
+                f"cannot join detectors at second {self.next_second} position {self._pos} "
+                f"and second {other.next_second} position {other._pos}"
+            )
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                axis = _metric_axis(name)
+                setattr(out, name, np.concatenate([value, getattr(other, name)], axis=axis))
+        out.n = self.n + other.n
+        return out
+
+    def renumber(self, rings: int) -> None:
+        """Count positions ``rings * HISTORY_S`` higher (the ring of running sums stays
+        as it is), so a detector with a longer history than this one's can be aligned
+        and joined to it. Nothing it computes changes."""
+        k = int(rings) * HISTORY_S
+        self._pos += k
+        self._mstart_pos += k
+        self._clear_pos += k
+        self._fire_pos += k
+
+    def align(self, pos: int) -> None:
+        """Start counting positions at ``pos`` (before anything is fed), so that after as
+        many seconds as another detector has fed since its own position ``pos`` the two
+        can be joined. Raises ``ValueError`` once seconds were fed or for ``pos < 0``."""
+        if self._pos or self.next_second is not None or pos < 0:
+            raise ValueError(f"align({pos}) only on a fresh detector, with pos >= 0")
+        self._pos = pos
+        self._clear_pos[:] = pos  # no window reaches back before the first second fed
+        self._mstart_pos = pos
 
     # -- internals --------------------------------------------------------------
 
@@ -618,6 +729,32 @@ _LEARNT = (
     "firing",
     "frozen",
 )
+
+
+def _packed_layout() -> list[tuple[tuple[int, ...], np.dtype]]:
+    """Each learnt part's per-metric shape and dtype, in :data:`_LEARNT` order."""
+    if not _LAYOUT:
+        one = Detector(1)
+        for name in _LEARNT:
+            value = getattr(one, name)
+            _LAYOUT.append((tuple(value.shape[:-1]), value.dtype))
+    return _LAYOUT
+
+
+_LAYOUT: list[tuple[tuple[int, ...], np.dtype]] = []
+
+
+def packed_size() -> int:
+    """Bytes of one metric's packed snapshot (:meth:`Detector.pack`)."""
+    return sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in _packed_layout())
+
+
+# attributes whose FIRST axis is the metric (every other array's last axis is)
+_ROWS_FIRST = frozenset({"_csum", "_cvalid", "_minutes", "_mcount", "_mvalid"})
+
+
+def _metric_axis(name: str) -> int:
+    return 0 if name in _ROWS_FIRST else -1
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,457 @@
+"""Sharded workers at scale: many metrics split across several ``cliffwatch worker``
+processes on one real Redis, their tick durations, and the takeover after a SIGKILL.
+
+Run from the repository root with the project's Python::
+
+    .venv/bin/python benchmarks/shards.py          # 100,000 metrics, 4 workers; exit 1 on a miss
+    .venv/bin/python benchmarks/shards.py --smoke  # 2,000 metrics, 2 workers: checks it runs
+
+What it does, on a throwaway ``redis-server`` started for the run (so its memory is the
+run's alone):
+
+1. **Seeds what the metrics learnt.** ``--templates`` detectors (rates log-normal,
+   ~0.3-100 events/s) learn 40 minutes of Poisson counts ending at a whole minute T0;
+   each metric gets the snapshot of one of them (``cliffwatch.alerting.snapshots``, with
+   its last 18 minutes of counts), and the workers run with ``--warmup 30``, so every
+   metric is *judged* (scored, learnt from and decided on) from its first tick. A day of
+   history per metric would take a day to feed; what a tick costs does not depend on how
+   long a metric learnt, only on how many are judged (checked below: every metric's
+   status must be ``ok``).
+2. **App traffic.** A separate process writes each second's Poisson counts of every
+   metric with ``Store.write_counts`` (one HINCRBY per metric and second, as the apps'
+   flushers do) and records itself as an emitter, so the workers tick as soon as it has
+   flushed.
+3. **Workers.** ``--workers`` ``cliffwatch worker`` processes start together on a glob
+   rule; the run waits until they hold all shards and judge all metrics, then records
+   every tick of every worker (from what each publishes in ``Pworkers:info``) for
+   ``--seconds``, with their CPU, RSS and Redis's memory.
+4. **Takeover.** One worker is killed with SIGKILL; the run measures until its shards'
+   leases are taken and until every metric is judged again by the survivors (seen
+   through their published info, which is renewed every second: up to 1 s late), then
+   records the survivors' ticks for ``--after`` seconds.
+
+Goals (full run): every tick <= 1 s while all workers run; the killed worker's metrics
+judged again within 10 s; each metric judged by exactly one worker; no incident opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from cliffwatch.alerting import snapshots
+from cliffwatch.alerting.shards import SHARDS, shard_of
+from cliffwatch.metrics.store import Store
+from cliffwatch.rules.detector import Detector
+
+CLIFFWATCH = Path(sys.executable).parent / "cliffwatch"
+TICK_GOAL_S = 1.0
+TAKEOVER_GOAL_S = 10.0
+LEARN_MINUTES = 40
+WARMUP = 30
+EMITTER = "bench:traffic"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def names_and_rates(n: int, templates: int) -> tuple[list[str], np.ndarray]:
+    """The metric names and each template's rate (metric i follows template i % K)."""
+    rates = np.random.default_rng(7).lognormal(1.5, 1.2, templates).clip(0.3, 100.0)
+    return [f"bench.shard.m{i:06d}" for i in range(n)], rates
+
+
+# -- the app traffic (a child process) ----------------------------------------------------
+
+
+def traffic(url: str, prefix: str, n: int, templates: int, seconds: float, out: str) -> None:
+    """Write every metric's count for each second just after it closes, until
+    ``seconds`` have passed; dump the write durations to ``out``."""
+    names, rates = names_and_rates(n, templates)
+    per_metric = rates[np.arange(n) % templates]
+    store = Store.from_url(url, prefix=prefix)
+    rng = np.random.default_rng(3)
+    durations: list[float] = []
+    written: list[int] = []
+    stop_at = time.time() + seconds
+    while time.time() < stop_at:
+        time.sleep(1.01 - time.time() % 1.0)
+        second = int(time.time()) - 1
+        counts = rng.poisson(per_metric).tolist()
+        t0 = time.perf_counter()
+        store.write_counts(
+            {second: dict(zip(names, counts, strict=True))}, EMITTER, now=second + 1
+        )
+        durations.append(time.perf_counter() - t0)
+        written.append(second)
+        if len(durations) % 5 == 0:
+            Path(out).write_text(json.dumps([durations, written]))
+
+
+# -- seeding ------------------------------------------------------------------------------
+
+
+def seed(store: Store, names: list[str], rates: np.ndarray) -> tuple[int, dict[str, float]]:
+    """Write a snapshot for every metric, valid at the last whole minute T0; return T0
+    and the snapshot sizes (young, as seeded, and with a full 3-day ring)."""
+    k = len(rates)
+    t0 = int(time.time()) // 60 * 60
+    start = t0 - LEARN_MINUTES * 60
+    det = Detector(k, warmup_minutes=WARMUP)
+    rng = np.random.default_rng(11)
+    det.update(rng.poisson(rates[:, None], (k, t0 - start)).astype(float), start)
+    blobs = snapshots.encode(t0, det.pack(range(k)), det.recent_counts(range(k)))
+    # the same metrics after 3 days: every per-minute rate of the ring filled
+    old = det.take(range(k))
+    old._minutes[:] = (rates[:, None] * rng.normal(1.0, 0.1, old._minutes.shape)).astype(
+        np.float32
+    )
+    full = snapshots.encode(t0, old.pack(range(k)), old.recent_counts(range(k)))
+    pipe = store.client.pipeline(transaction=False)
+    for i, name in enumerate(names):
+        pipe.set(store.keys.detector(name), blobs[i % k])
+        if len(pipe) >= 10_000:
+            pipe.execute()
+    pipe.sadd(store.keys.metrics, *names)
+    pipe.execute()
+    sizes = {
+        "young_b": float(np.mean([len(b) for b in blobs])),
+        "full_b": float(np.mean([len(b) for b in full])),
+    }
+    return t0, sizes
+
+
+# -- watching the workers -----------------------------------------------------------------
+
+
+def infos(store: Store) -> dict[str, dict[str, Any]]:
+    return {t: json.loads(i) for t, i in store.live_workers().items()}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, MiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    got = {line.split(":")[0]: int(line.split()[1]) for line in status if line[:2] == "Vm"}
+    return got.get("VmRSS", 0) / 1024, got.get("VmHWM", 0) / 1024
+
+
+def record_ticks(store: Store, seconds: float) -> dict[str, dict[int, float]]:
+    """Every tick each live worker publishes during ``seconds``: token -> {tick: s}."""
+    seen: dict[str, dict[int, float]] = {}
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        for token, info in infos(store).items():
+            for number, took in info.get("ticks", []):
+                seen.setdefault(token, {})[int(number)] = float(took)
+        time.sleep(0.5)
+    return seen
+
+
+def summary(ticks: dict[int, float]) -> tuple[float, float, float, int]:
+    values = sorted(ticks.values())
+    if not values:
+        return (float("nan"),) * 3 + (0,)  # type: ignore[return-value]
+    return (
+        statistics.median(values),
+        float(np.percentile(values, 95)),
+        max(values),
+        len(values),
+    )
+
+
+def wait(condition: Any, timeout: float, what: str) -> float:
+    """Poll ``condition`` every 0.1 s; return the seconds it took. Raises on timeout."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="small and short: checks it runs")
+    parser.add_argument("--metrics", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0, help="ticks recorded")
+    parser.add_argument("--after", type=float, default=30.0, help="ticks recorded after kill")
+    parser.add_argument("--templates", type=int, default=256)
+    parser.add_argument("--traffic", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.traffic:
+        url, prefix, n, k, seconds, out = args.traffic
+        traffic(url, prefix, int(n), int(k), float(seconds), out)
+        return 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up
+    if args.smoke:
+        args.metrics, args.workers, args.seconds, args.after = 2_000, 2, 10.0, 5.0
+    server = shutil.which("redis-server")
+    if server is None or not CLIFFWATCH.exists():
+        print("needs redis-server on PATH and the cliffwatch console script installed")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="cliffwatch-shards-"))
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        return run(args, f"redis://127.0.0.1:{port}/0", redis_proc.pid, tmp, procs)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(
+    args: argparse.Namespace,
+    url: str,
+    redis_pid: int,
+    tmp: Path,
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> int:
+    n, w = args.metrics, args.workers
+    prefix = f"bench{uuid.uuid4().hex[:6]}:"
+    client = redis.Redis.from_url(url)
+    wait(lambda: _pings(client), 10, "redis-server to start")
+    store = Store(client, prefix=prefix)
+    names, rates = names_and_rates(n, args.templates)
+    began = time.perf_counter()
+    t0, sizes = seed(store, names, rates)
+    print(f"seeded {n:,} snapshots in {time.perf_counter() - began:.1f} s (valid at T0={t0})")
+
+    total_s = 600 + args.seconds + args.after
+    out = tmp / "traffic.json"
+    procs["traffic"] = subprocess.Popen(
+        [sys.executable, __file__, "--traffic", url, prefix, str(n), str(args.templates),
+         str(total_s), str(out)]
+    )  # fmt: skip
+    rules = tmp / "rules.toml"
+    rules.write_text('[[rule]]\nmetric = "bench.shard.*"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIFFWATCH_")}
+    for k in range(w):
+        log = open(tmp / f"worker{k}.log", "w")  # noqa: SIM115 (lives as long as the run)
+        procs[f"worker{k}"] = subprocess.Popen(
+            [str(CLIFFWATCH), "worker", "--rules", str(rules), "--redis-url", url, "--prefix",
+             prefix, "--warmup", str(WARMUP)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    pid_of = {p.pid: name for name, p in procs.items()}
+
+    def all_judged() -> bool:
+        live = infos(store)
+        return (
+            len(live) == w
+            and sum(int(i.get("metrics", 0)) for i in live.values()) == n
+            and all(i.get("ticks") for i in live.values())
+        )
+
+    began = time.perf_counter()
+    start_s = wait(all_judged, 900, f"{w} workers to judge all {n:,} metrics")
+    print(f"{w} workers judge all {n:,} metrics {start_s:.1f} s after starting")
+    try:
+        wait(lambda: _caught_up(store), 120, "the workers to catch up with the clock")
+        print(f"... and are caught up with the clock after {time.perf_counter() - began:.1f} s")
+    except TimeoutError:
+        print("... and are NOT caught up with the clock 120 s later: recording anyway")
+
+    # -- all workers, live ------------------------------------------------------------
+    tokens = {t: pid_of.get(int(i["pid"]), "?") for t, i in infos(store).items()}
+    cpu_before = {name: cpu_s(p.pid) for name, p in procs.items()} | {"redis": cpu_s(redis_pid)}
+    wall = time.monotonic()
+    judged_from = {t: int(i.get("judged_to") or 0) for t, i in infos(store).items()}
+    ticks = record_ticks(store, args.seconds)
+    wall = time.monotonic() - wall
+    cpu = {k: (cpu_s(procs[k].pid if k in procs else redis_pid) - v) / wall
+           for k, v in cpu_before.items()}  # fmt: skip
+    live = infos(store)
+    holders = store.shard_holders(SHARDS)
+    judges = {holders[shard_of(m)] for m in names}
+    states = store.get_states(names)
+    ok = sum(1 for st in states if st.get("status") == "ok")
+    judged_by = sum(1 for m, st in zip(names, states, strict=True)
+                    if st.get("judged_by") == holders[shard_of(m)])  # fmt: skip
+    opened = sum(1 for st in states if st.get("incident_id"))
+    mem = client.info("memory")
+    snap_bytes = _snapshot_bytes(client, store, names)
+
+    print(f"\n{n:,} metrics, {w} workers, {args.seconds:.0f} s of live ticks "
+          f"({SHARDS} shards)")  # fmt: skip
+    print(f"{'worker':<8} {'shards':>6} {'metrics':>8} {'ticks':>5} {'median s':>9} "
+          f"{'p95 s':>7} {'max s':>7} {'lag s':>6} {'CPU %':>6} {'CPU s/s':>7} "
+          f"{'RSS MiB':>8} {'peak MiB':>8}")  # fmt: skip
+    worst = need = 0.0
+    for token, name in sorted(tokens.items(), key=lambda x: x[1]):
+        med, p95, mx, count = summary(ticks.get(token, {}))
+        worst = max(worst, mx)
+        rss, peak = rss_mb(procs[name].pid)
+        info = live.get(token, {})
+        lag = time.time() - int(info.get("judged_to") or 0)
+        judged = int(info.get("judged_to") or 0) - judged_from.get(token, 0)
+        per_second = cpu[name] * wall / judged if judged > 0 else float("nan")
+        need = max(need, per_second)
+        print(f"{name:<8} {info.get('shards', 0):>6} {info.get('metrics', 0):>8,} {count:>5} "
+              f"{med:>9.3f} {p95:>7.3f} {mx:>7.3f} {lag:>6.1f} {cpu[name] * 100:>6.0f} "
+              f"{per_second:>7.3f} {rss:>8,.0f} {peak:>8,.0f}")  # fmt: skip
+    print("CPU s/s: CPU seconds each worker spent per second of data it judged (what a tick "
+          "takes with a core to itself)")  # fmt: skip
+    print(f"traffic process CPU {cpu['traffic'] * 100:.0f} %, redis-server CPU "
+          f"{cpu['redis'] * 100:.0f} %, all CPUs {os.cpu_count()} x 100 %; load average "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"Redis used_memory {mem['used_memory'] / 2**20:,.0f} MiB; snapshots "
+          f"{snap_bytes / 2**20:,.0f} MiB ({snap_bytes / n:,.0f} B per metric as seeded; "
+          f"{sizes['full_b']:,.0f} B with a full 3-day ring: "
+          f"{sizes['full_b'] * 100_000 / 2**30:.2f} GiB per 100,000 metrics)")  # fmt: skip
+    print(f"judged by exactly one worker: {len(judges - {None}) == w and None not in judges} "
+          f"(statuses written by the lease holder: {judged_by:,} of {n:,}); status ok: "
+          f"{ok:,} of {n:,}; incidents opened: {opened}")  # fmt: skip
+
+    # -- takeover ---------------------------------------------------------------------
+    victim_token = next(t for t, name in tokens.items() if name == "worker0")
+    victim = procs["worker0"]
+    lost = [s for s, h in enumerate(holders) if h == victim_token]
+    lost_metrics = sum(1 for m in names if shard_of(m) in set(lost))
+    killed_wall = time.time()
+    killed = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    survivors = [t for t in tokens if t != victim_token]
+
+    def leases_moved() -> bool:
+        now = store.shard_holders(SHARDS)
+        return all(now[s] in survivors for s in lost)
+
+    def taken_on() -> bool:
+        live = infos(store)
+        return sum(int(live.get(t, {}).get("metrics", 0)) for t in survivors) == n
+
+    def judged_again() -> bool:
+        live = infos(store)
+        return taken_on() and all(
+            int(live.get(t, {}).get("judged_to") or 0) >= killed_wall for t in survivors
+        )
+
+    wait(leases_moved, 120, "the killed worker's shards to be taken")
+    leases_s = time.monotonic() - killed
+    wait(taken_on, 180, "every metric to be taken on")
+    taken_s = time.monotonic() - killed
+    lag_then = killed_wall + taken_s - min(
+        int(i.get("judged_to") or 0) for t, i in infos(store).items() if t in survivors
+    )
+    gains = [infos(store).get(t, {}).get("gained") for t in survivors]
+    wait(judged_again, 180, "every metric to be judged past the kill")
+    judged_s = time.monotonic() - killed
+    after = record_ticks(store, args.after)
+    print(f"\nSIGKILL of worker0 ({len(lost)} shards, {lost_metrics:,} metrics): leases "
+          f"taken after {leases_s:.1f} s; every metric taken on (restored, caught up to "
+          f"where its new worker was, joined) after {taken_s:.1f} s, the survivors then "
+          f"{lag_then:.0f} s behind the clock; every metric judged past the second of the "
+          f"kill after {judged_s:.1f} s")  # fmt: skip
+    print(f"taking on [metrics, seconds] per survivor: {gains}")
+    worst_after = 0.0
+    live = infos(store)
+    for token in survivors:
+        name = tokens[token]
+        med, p95, mx, count = summary(after.get(token, {}))
+        worst_after = max(worst_after, mx)
+        rss, peak = rss_mb(procs[name].pid)
+        print(f"{name:<8} {live.get(token, {}).get('metrics', 0):>8,} metrics, ticks since "
+              f"(incl. the takeover): median {med:.3f} s, p95 {p95:.3f} s, max {mx:.3f} s; "
+              f"RSS {rss:,.0f} MiB, peak {peak:,.0f} MiB")  # fmt: skip
+    states = store.get_states(names)
+    opened_after = sum(1 for st in states if st.get("incident_id"))
+    durations = _traffic_durations(procs["traffic"], out)
+
+    print("\ngoals:")
+    failed = False
+    for ok_, text in (
+        (worst <= TICK_GOAL_S, f"every tick <= {TICK_GOAL_S:.0f} s with {w} workers "
+         f"(worst {worst:.2f} s)"),
+        (taken_s <= TAKEOVER_GOAL_S, f"metrics of the killed worker taken on within "
+         f"{TAKEOVER_GOAL_S:.0f} s ({taken_s:.1f} s; judged past the kill after "
+         f"{judged_s:.1f} s)"),
+        (need <= TICK_GOAL_S, f"CPU per judged second <= {TICK_GOAL_S:.0f} s for every "
+         f"worker (worst {need:.2f} s)"),
+        (len(judges - {None}) == w and judged_by == n, "each metric judged by exactly one "
+         "worker"),
+        (opened_after == 0, f"no incident opened ({opened_after})"),
+    ):  # fmt: skip
+        failed |= not ok_
+        print(f"  {'PASS' if ok_ else 'FAIL'}  {text}")
+    if durations:
+        times, seconds = durations
+        span = seconds[-1] - seconds[0] + 1
+        print(f"traffic: write of one second of {n:,} counts, median "
+              f"{statistics.median(times):.3f} s, max {max(times):.3f} s; wrote "
+              f"{len(seconds):,} of the {span:,} seconds it ran (a slow write skips "
+              f"seconds: no data)")  # fmt: skip
+    if args.smoke:
+        print("smoke run: figures are not meaningful; goals not enforced")
+        return 0
+    print("all goals met" if not failed else "SOME GOALS FAILED")
+    return 1 if failed else 0
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _caught_up(store: Store) -> bool:
+    now = time.time()
+    return all(int(i.get("judged_to") or 0) >= now - 3 for i in infos(store).values())
+
+
+def _snapshot_bytes(client: redis.Redis, store: Store, names: list[str]) -> int:
+    total = 0
+    for lo in range(0, len(names), 10_000):
+        pipe = client.pipeline(transaction=False)
+        for m in names[lo : lo + 10_000]:
+            pipe.strlen(store.keys.detector(m))
+        total += sum(pipe.execute())
+    return total
+
+
+def _traffic_durations(proc: subprocess.Popen[bytes], out: Path) -> list[list[Any]]:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return json.loads(out.read_text()) if out.exists() else []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

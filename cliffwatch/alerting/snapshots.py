@@ -1,0 +1,119 @@
+"""Detector snapshots in Redis: what each metric has learnt, so a restarted worker, or the
+worker that takes over a metric's shard, goes on where the last one stopped.
+
+One string per metric (``P{m}:detector``, see :mod:`cliffwatch.metrics.keys`):
+:data:`MAGIC`, the epoch second the snapshot is valid at (int64, little-endian), then the
+metric's packed state (:meth:`~cliffwatch.rules.detector.Detector.pack`, about 20 KB)
+and its counts of the last :data:`~cliffwatch.rules.detector.RECENT_S` seconds (float32,
+4.3 KB), compressed together with zlib at level 1. Packing and restoring are one array
+copy for many metrics at once; compression takes a young metric's mostly empty 3-day
+ring of per-minute rates to a few hundred bytes. With the recent seconds in the
+snapshot, whoever restores it reads from Redis only the seconds since it was saved, not
+the ~18 minutes of history the detector's windows reach back over. Snapshots written
+by earlier versions with ``np.savez`` (a zip file) are still read.
+
+A snapshot that cannot be read (truncated, another layout) is logged and ignored: the
+metric then learns again from the history Redis still has.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..metrics.store import Store
+from ..rules.detector import RECENT_S, Detector, packed_size
+
+log = logging.getLogger("cliffwatch.worker")
+
+MAGIC = b"CWS1"
+"""The first bytes of a snapshot in this format."""
+CHUNK = 2_000
+"""Metrics packed, compressed and written per round trip (bounds the memory it takes)."""
+
+_HEADER = struct.Struct("<4sq")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One metric's stored snapshot: valid at epoch second ``at``; ``packed`` (a row of
+    :meth:`Detector.pack`) and ``recent`` (its counts in the :data:`RECENT_S` seconds
+    before ``at``) or, for an old ``np.savez`` one, ``arrays``."""
+
+    at: int
+    packed: np.ndarray | None = None
+    recent: np.ndarray | None = None
+    arrays: dict[str, np.ndarray] | None = None
+
+
+def encode(at: int, packed: np.ndarray, recent: np.ndarray) -> list[bytes]:
+    """One blob per row of ``packed`` (:meth:`Detector.pack`) and ``recent``
+    (:meth:`Detector.recent_counts`), valid at second ``at``."""
+    head = _HEADER.pack(MAGIC, int(at))
+    recent = np.asarray(recent, np.float32)
+    return [
+        head + zlib.compress(row.tobytes() + seconds.tobytes(), 1)
+        for row, seconds in zip(packed, recent, strict=True)
+    ]
+
+
+def decode(metric: str, blob: bytes | None) -> Snapshot | None:
+    """A stored blob as a :class:`Snapshot`; ``None`` if there is none or it cannot be
+    read (logged)."""
+    if blob is None:
+        return None
+    try:
+        if blob[:4] == MAGIC:
+            _, at = _HEADER.unpack_from(blob)
+            raw = zlib.decompress(blob[_HEADER.size :])
+            size = packed_size()
+            if len(raw) != size + 4 * RECENT_S:
+                raise ValueError(f"{len(raw)} bytes, not {size + 4 * RECENT_S}")
+            packed = np.frombuffer(raw, np.uint8, size)
+            return Snapshot(int(at), packed, np.frombuffer(raw, np.float32, RECENT_S, size))
+        with np.load(io.BytesIO(blob)) as z:
+            arrays = {k: z[k] for k in z.files}
+        return Snapshot(int(arrays["at"]), arrays=arrays)
+    except (ValueError, OSError, EOFError, KeyError, zlib.error, struct.error) as exc:
+        log.warning("ignoring unreadable snapshot of %s: %s", metric, exc)
+        return None
+
+
+def save(
+    store: Store, detector: Detector, names: Sequence[str], rows: Sequence[int], at: int
+) -> None:
+    """Store what ``detector``'s metrics at ``rows`` (named ``names``) learnt, as of
+    second ``at`` (a whole minute), :data:`CHUNK` metrics per round trip. Raises
+    ``StoreError``."""
+    for lo in range(0, len(rows), CHUNK):
+        part = list(rows[lo : lo + CHUNK])
+        blobs = encode(at, detector.pack(part), detector.recent_counts(part))
+        store.set_blobs(dict(zip(names[lo : lo + CHUNK], blobs, strict=True)))
+
+
+def load(store: Store, names: Sequence[str]) -> list[Snapshot | None]:
+    """The stored snapshots of ``names`` (``None`` where there is none or it is
+    unreadable). Raises ``StoreError``."""
+    out: list[Snapshot | None] = []
+    for lo in range(0, len(names), CHUNK):
+        part = names[lo : lo + CHUNK]
+        out.extend(map(decode, part, store.get_blobs(part)))
+    return out
+
+
+def restore(detector: Detector, rows: Sequence[int], snaps: Sequence[Snapshot]) -> None:
+    """Give ``detector``'s metrics at ``rows`` back their snapshots. Raises
+    ``ValueError`` for an old-format snapshot of another shape."""
+    packed = [(r, s.packed) for r, s in zip(rows, snaps, strict=True) if s.packed is not None]
+    for lo in range(0, len(packed), CHUNK):
+        part = packed[lo : lo + CHUNK]
+        detector.unpack([r for r, _ in part], np.stack([p for _, p in part]))
+    for r, s in zip(rows, snaps, strict=True):
+        if s.arrays is not None:
+            detector.restore(r, s.arrays)
