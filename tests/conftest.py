@@ -1,5 +1,6 @@
 """Shared fixtures: a real Redis (``--redis-url``), one key prefix per test, throwaway
-Redis servers, a settable clock, and errors logged by cliffwatch turned into failures."""
+Redis servers, child processes, a settable clock, and errors logged by cliffwatch
+turned into failures."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from httpstub import Recorder
+from procs import Processes
 from redis.client import Pipeline
 
 from cliffwatch.metrics import bus
@@ -257,3 +260,13 @@ def store(redis_url: str, prefix: str) -> Iterator[Store]:
     s = Store.from_url(redis_url, prefix=prefix)
     yield s
     s.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Child processes of the test, killed at its end; their logs in ``tmp_path``."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

@@ -3,24 +3,22 @@ process, a real Redis, and Slack and PagerDuty stood in for by a local HTTP serv
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
-import pytest
 from httpstub import PAGERDUTY_PATH, Recorder, Request, slack_channel_id
+from procs import CLIFFWATCH, Processes
+from procs import environment as _environment
 
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import PAGERDUTY_ROUTING_KEY_ENV, SLACK_TOKEN_ENV
 
-CLIFFWATCH = Path(sys.executable).parent / "cliffwatch"
 METRIC = "orders.created"
 RATE = 50.0  # events/s
 HISTORY_MINUTES = 40
@@ -73,50 +71,6 @@ APP = textwrap.dedent(f"""
             break
     cliffwatch.shutdown()
 """)
-
-
-def _environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIFFWATCH_")}
-    env.update(extra)
-    return env
-
-
-class Processes:
-    """Child processes of the test: each killed (if still running) and its log kept."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: list[tuple[subprocess.Popen[str], IO[str]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str],
-              stdin: int | None = None) -> subprocess.Popen[str]:
-        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed in stop_all)
-        proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
-        self.running.append((proc, log))
-        return proc
-
-    def log(self, name: str) -> str:
-        """What process ``name`` printed so far, for failure messages."""
-        return (self.logs / f"{name}.log").read_text()[-3000:]
-
-    def stop_all(self) -> None:
-        for proc, log in self.running:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            if proc.stdin is not None:
-                proc.stdin.close()
-            log.close()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
 
 
 def prefill(store: Store) -> None:

@@ -133,7 +133,7 @@ def _blocks(
                 )
                 raise DataError(
                     f"{path}:{numbers[k]}: rows must be consecutive seconds, "
-                    f"got {ts[k]} after {ts[k - 1] if k else expect - 1}"
+                    f"got {ts[k]} after {ts[k - 1] if k or expect is None else expect - 1}"
                 )
             expect = int(ts[-1]) + 1
             yield int(ts[0]), vals.T.copy()

@@ -363,7 +363,7 @@ class Store:
     def set_states(self, states: Mapping[str, Mapping[str, str | int | float]]) -> None:
         """:meth:`set_state` for many metrics, pipelined (a round trip per 10,000).
         Raises ``StoreError``."""
-        items = [(m, dict(f)) for m, f in states.items() if f]
+        items: list[tuple[str, dict[Any, Any]]] = [(m, dict(f)) for m, f in states.items() if f]
         with self._errors("writing states"):
             for lo in range(0, len(items), _BATCH):
                 pipe = self.client.pipeline(transaction=False)

@@ -190,12 +190,13 @@ class Detector:
 
     def judged(self) -> np.ndarray:
         """Which metrics have enough history and volume to be judged (bool per metric)."""
-        return (
+        out: np.ndarray = (
             (self.minutes_seen >= self.warmup_minutes)
             & np.isfinite(self.baseline)
             & (self.baseline > self.min_rates)
             & (self.baseline > 0)
         )
+        return out
 
     def recent_rate(self, seconds: int = 10) -> np.ndarray:
         """Events per second over the last ``seconds`` seconds with data (NaN if none)."""
@@ -619,7 +620,7 @@ class Detector:
         first = np.argmax(got, axis=0)
         fill = excess[first, np.arange(self.n)]
         short = np.arange(len(SCALES))[:, None] < first[None, :]
-        excess = np.where(short & got.any(axis=0)[None, :], fill[None, :], excess)
+        excess = np.where(short & np.asarray(got.any(axis=0))[None, :], fill[None, :], excess)
         self.excess = np.where(np.isnan(excess), self.excess, excess)
         self._minute_sum[:] = 0
         self._minute_valid[:] = 0
@@ -643,7 +644,7 @@ class Detector:
         firing = np.flatnonzero(self.firing)
         resolve_at: dict[int, tuple[float, float]] = {}
         for i in firing:
-            base, w = self._resolve_level(i)
+            base, w = self._resolve_level(int(i))
             sr, nr = self._window_sums(np.array([i]), pos0, n, np.array([w]))
             sr, nr = sr[0, 0], nr[0, 0]
             er = base * nr

@@ -12,14 +12,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import FakeClock
 from httpstub import PAGERDUTY_PATH, Recorder
-from test_e2e import CLIFFWATCH, Processes
+from procs import CLIFFWATCH, Processes
 
 from cliffwatch.alerting.alert import Alert, no_data_incident
 from cliffwatch.alerting.blind import BLIND_AFTER_S, BLIND_METRIC, NO_DATA_MEMORY_S
@@ -421,15 +421,6 @@ def test_a_lasting_no_data_is_reminded_in_its_thread_and_a_restart_keeps_the_rhy
 
 
 # -- real processes: two apps, the worker, SIGKILL one app --------------------------------
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
 
 
 # An app: counts one metric through @event at about RATE/s (Poisson arrivals) until it

@@ -3,18 +3,18 @@ processes of which the leader is killed with SIGKILL in the middle of an outage.
 
 from __future__ import annotations
 
-import os
 import signal
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from httpstub import Recorder
-from test_e2e import CLIFFWATCH, HISTORY_MINUTES, METRIC, RATE, Processes, has, labels
+from procs import CLIFFWATCH, Processes, environment
+from test_e2e import HISTORY_MINUTES, METRIC, RATE, has, labels
 
 from cliffwatch.alerting.incidents import Incidents, Route
 from cliffwatch.alerting.leader import Leader, LostLeadership
@@ -117,18 +117,7 @@ def _prefill(store: Store) -> None:
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIFFWATCH_")}
-    env.update({SLACK_TOKEN_ENV: TOKEN, PAGERDUTY_ROUTING_KEY_ENV: ROUTING_KEY})
-    return env
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
+    return environment(**{SLACK_TOKEN_ENV: TOKEN, PAGERDUTY_ROUTING_KEY_ENV: ROUTING_KEY})
 
 
 @pytest.mark.timeout(240)

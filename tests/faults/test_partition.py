@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from httpstub import Recorder
-from test_e2e import CLIFFWATCH, METRIC, Processes, has, labels
+from procs import CLIFFWATCH, Processes
+from test_e2e import METRIC, has, labels
 from test_leader import ONE_INCIDENT, SLACK_ORDER, TAKEOVER_LIMIT_S, Traffic, _environment, _prefill
 
 from cliffwatch.metrics.store import Store

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from httpstub import Recorder
-from test_e2e import CLIFFWATCH, HISTORY_MINUTES, RATE, Processes, labels
+from procs import CLIFFWATCH, Processes, environment
+from test_e2e import HISTORY_MINUTES, RATE, labels
 
 from cliffwatch.alerting.alert import no_data_incident
 from cliffwatch.alerting.incidents import Incidents, Route
@@ -162,18 +163,7 @@ def _prefill(store: Store) -> None:
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIFFWATCH_")}
-    env.update({SLACK_TOKEN_ENV: TOKEN, PAGERDUTY_ROUTING_KEY_ENV: ROUTING_KEY})
-    return env
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
+    return environment(**{SLACK_TOKEN_ENV: TOKEN, PAGERDUTY_ROUTING_KEY_ENV: ROUTING_KEY})
 
 
 class Fleet:

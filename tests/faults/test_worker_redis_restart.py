@@ -9,13 +9,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from httpstub import Recorder
-from test_e2e import APP, CLIFFWATCH, METRIC, RATE, Processes, prefill
+from procs import CLIFFWATCH, Processes
+from test_e2e import APP, METRIC, RATE, prefill
 from test_leader import _environment
 
 from cliffwatch.alerting.alert import Alert
@@ -29,15 +30,6 @@ if TYPE_CHECKING:
 
 OUTAGE_S = 5.0
 RECOVERY_LIMIT_S = 10.0  # status is published every 5 s, the first tick within 1.1 s
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
 
 
 def _quietly(read: Callable[[], object]) -> object:

@@ -1,0 +1,49 @@
+"""Child processes of the tests that run the real thing: the installed ``cliffwatch``
+console script, app processes, and a clean environment for them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+CLIFFWATCH = Path(sys.executable).parent / "cliffwatch"
+"""The console script installed next to the Python running the tests."""
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any ``CLIFFWATCH_*`` setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIFFWATCH_")}
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Child processes of the test: each killed (if still running) and its log kept."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[tuple[subprocess.Popen[str], IO[str]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str],
+              stdin: int | None = None) -> subprocess.Popen[str]:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed in stop_all)
+        proc = subprocess.Popen(args, env=env, stdin=stdin, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        self.running.append((proc, log))
+        return proc
+
+    def log(self, name: str) -> str:
+        """What process ``name`` printed so far, for failure messages."""
+        return (self.logs / f"{name}.log").read_text()[-3000:]
+
+    def stop_all(self) -> None:
+        for proc, log in self.running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.stdin is not None:
+                proc.stdin.close()
+            log.close()
