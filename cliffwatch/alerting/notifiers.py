@@ -491,15 +491,7 @@ class SlackNotifier:
         assert self._channel is not None
         channel, ts = memo.get(SLACK_CHANNEL) or self._channel, memo.get(SLACK_TS)
         if alert.state == "firing" or not ts:
-            answer = self._call(
-                "chat.postMessage",
-                channel=self._channel,
-                text=text,
-                blocks=blocks,
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-            return {SLACK_CHANNEL: str(answer["channel"]), SLACK_TS: str(answer["ts"])}
+            return self.post(text, blocks)
         try:
             self._call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
         except _SlackRefused as refused:
