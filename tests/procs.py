@@ -47,3 +47,13 @@ class Processes:
             if proc.stdin is not None:
                 proc.stdin.close()
             log.close()
+
+
+def stub_rules(metric: str, slack_api_url: str, pagerduty_url: str) -> str:
+    """A rules file paging on ``metric`` (the default rule) through Slack and PagerDuty
+    stand-ins at these addresses."""
+    return (
+        f'[[rule]]\nmetric = "{metric}"\n\n'
+        f'[slack]\nchannel = "#oncall"\nbase_url = "{slack_api_url}"\n\n'
+        f'[pagerduty]\nurl = "{pagerduty_url}"\n'
+    )

@@ -4,7 +4,6 @@ processes of which the leader is killed with SIGKILL in the middle of an outage.
 from __future__ import annotations
 
 import signal
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes, environment
+from procs import CLIFFWATCH, Processes, environment, stub_rules
 from test_e2e import HISTORY_MINUTES, METRIC, RATE, has, labels
 
 from cliffwatch.alerting.incidents import Incidents, Route
@@ -137,17 +136,7 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
     assert CLIFFWATCH.exists(), f"the console script {CLIFFWATCH} is not installed"
     with Recorder() as stub, Traffic(store) as traffic:
         rules = tmp_path / "rules.toml"
-        rules.write_text(textwrap.dedent(f"""
-            [[rule]]
-            metric = "{METRIC}"
-
-            [slack]
-            channel = "#oncall"
-            base_url = "{stub.slack_api_url}"
-
-            [pagerduty]
-            url = "{stub.pagerduty_url}"
-        """))
+        rules.write_text(stub_rules(METRIC, stub.slack_api_url, stub.pagerduty_url))
         _prefill(store)
         args = [str(CLIFFWATCH), "-v", "worker", "--rules", str(rules), "--redis-url",
                 redis_url, "--prefix", prefix, "--warmup", "30"]

@@ -4,14 +4,13 @@ SIGSTOP (a paused or cut-off process), an outage while it is frozen, then SIGCON
 from __future__ import annotations
 
 import signal
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes
+from procs import CLIFFWATCH, Processes, stub_rules
 from test_e2e import METRIC, has, labels
 from test_leader import ONE_INCIDENT, SLACK_ORDER, TAKEOVER_LIMIT_S, Traffic, _environment, _prefill
 
@@ -45,19 +44,7 @@ def test_a_frozen_leader_is_replaced_and_after_sigcont_delivers_nothing(
     assert CLIFFWATCH.exists(), f"the console script {CLIFFWATCH} is not installed"
     with Recorder() as stub, Traffic(store) as traffic:
         rules = tmp_path / "rules.toml"
-        rules.write_text(
-            textwrap.dedent(f"""
-            [[rule]]
-            metric = "{METRIC}"
-
-            [slack]
-            channel = "#oncall"
-            base_url = "{stub.slack_api_url}"
-
-            [pagerduty]
-            url = "{stub.pagerduty_url}"
-        """)
-        )
+        rules.write_text(stub_rules(METRIC, stub.slack_api_url, stub.pagerduty_url))
         _prefill(store)
         args = [
             str(CLIFFWATCH),

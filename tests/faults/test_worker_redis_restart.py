@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes
+from procs import CLIFFWATCH, Processes, stub_rules
 from test_e2e import APP, METRIC, RATE, prefill
 from test_leader import _environment
 
@@ -59,19 +58,7 @@ def test_the_worker_rides_out_a_redis_restart_and_pages_nothing(
     try:
         with Recorder() as stub:
             rules = tmp_path / "rules.toml"
-            rules.write_text(
-                textwrap.dedent(f"""
-                [[rule]]
-                metric = "{METRIC}"
-
-                [slack]
-                channel = "#oncall"
-                base_url = "{stub.slack_api_url}"
-
-                [pagerduty]
-                url = "{stub.pagerduty_url}"
-            """)
-            )
+            rules.write_text(stub_rules(METRIC, stub.slack_api_url, stub.pagerduty_url))
             app_script = tmp_path / "app.py"
             app_script.write_text(APP)
             prefill(store)
