@@ -15,10 +15,11 @@ State hash fields: ``state`` (``ok`` / ``firing``), ``incident_id``, ``started_a
 ``sent:<notifier>:<state>`` = ``1`` (or ``dropped`` when the notifier refused it for
 good, ``digest`` when the quiet-hours digest told it, see
 :mod:`cliffwatch.alerting.quiet`), ``channels`` (the notifiers the incident goes to),
-``epoch`` (the fencing epoch of the worker that wrote the transition, see
-:mod:`cliffwatch.alerting.leader`),
-``shard_epoch`` (with sharded workers, the fencing epoch of the metric's shard, see
-:mod:`cliffwatch.alerting.shards`),
+``epoch`` (the leader's fencing epoch when it wrote the transition, see
+:mod:`cliffwatch.alerting.leader`) or, for a metric judged by a shard's holder,
+``shard_epoch`` (the fencing epoch of the metric's shard, see
+:mod:`cliffwatch.alerting.shards`; the holder need not lead, so its leader epoch says
+nothing),
 ``silenced`` (``1`` when the incident started inside a silence) and ``silence_id``,
 ``reminded_at`` (epoch second of the last Slack reminder, see :meth:`Incidents.remind`),
 and the notifiers' own memo (e.g. the Slack message's ``ts``, so the resolve updates the
@@ -132,7 +133,7 @@ class Incidents:
         fenced by its shard instead: :meth:`fire`, :meth:`resolve` and :meth:`remind`
         raise :class:`~cliffwatch.alerting.shards.LostShard` (and write nothing) unless
         this worker holds the metric's shard and the state hash carries no newer
-        ``shard_epoch``. The leader's epoch is still written, for the outbox. The
+        ``shard_epoch``. The
         metrics in :attr:`leader_only` (the "monitoring blind" pseudo-metric) stay
         fenced by the leader.
 
@@ -346,10 +347,10 @@ class Incidents:
             self.fence.check(st.get("epoch"))
 
     def _epoch(self, metric: str) -> dict[str, int]:
-        out = {} if self.fence is None else {"epoch": self.fence.epoch}
+        """The epoch that fences ``metric``'s incident: its shard's, or the leader's."""
         if self.judge is not None and metric not in self.leader_only:
-            out["shard_epoch"] = self.judge.epoch_of(metric)
-        return out
+            return {"shard_epoch": self.judge.epoch_of(metric)}
+        return {} if self.fence is None else {"epoch": self.fence.epoch}
 
     def _alert_from(self, metric: str, st: Mapping[str, str], state: str) -> Alert:
         """The ``state`` transition of the incident a state hash holds."""
