@@ -471,11 +471,14 @@ class Detector:
         have = begins >= 0
         bi = np.where(have, begins, 0) % HISTORY_S
         ei = ends % HISTORY_S
-        c, v = self._csum[rows], self._cvalid[rows]
-        r = np.arange(len(rows))[None, :, None]
+        # index the cells needed, never ``self._csum[rows]``: that copies every row's
+        # whole history (~17 MB per 1,000 metrics) each tick
+        c, v = self._csum, self._cvalid
+        r = rows[None, :, None]
         c_beg = np.where(have, c[r, bi], 0.0)
         v_beg = np.where(have, v[r, bi], 0.0)
-        return c[:, ei][None] - c_beg, v[:, ei][None] - v_beg
+        at_end = np.ix_(rows, ei)
+        return c[at_end][None] - c_beg, v[at_end][None] - v_beg
 
     def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Score the new seconds: ``(score, S, n, worst scale, E, local rate)``; see the
@@ -517,21 +520,22 @@ class Detector:
         """Like the short windows, for LONG_MINUTES: this minute so far plus the last
         ``k`` whole minutes, against the ``k`` whole minutes before them."""
         ms = self._mstart_pos
-        c, v = self._csum[rows], self._cvalid[rows]
-        ends = (pos0 + np.arange(n)) % HISTORY_S
+        c, v = self._csum, self._cvalid
+        at_end = np.ix_(rows, (pos0 + np.arange(n)) % HISTORY_S)
         have = ms >= 1
-        part_c = c[:, ends] - (c[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
-        part_v = v[:, ends] - (v[:, (ms - 1) % HISTORY_S][:, None] if have else 0.0)
+        before = (ms - 1) % HISTORY_S
+        part_c = c[at_end] - (c[rows, before][:, None] if have else 0.0)
+        part_v = v[at_end] - (v[rows, before][:, None] if have else 0.0)
         minute = self._minute_now
         out_s, out_v, out_l, out_r = [], [], [], []
         clear = self._clear_pos[rows]
         for k in LONG_MINUTES:
             idx = np.arange(minute - k, minute) % MINUTE_RING
             ref = np.arange(minute - 2 * k, minute - k) % MINUTE_RING
-            win_c = self._mcount[rows][:, idx].sum(axis=1)
-            win_v = self._mvalid[rows][:, idx].sum(axis=1)
-            ref_c = self._mcount[rows][:, ref].sum(axis=1)
-            ref_v = self._mvalid[rows][:, ref].sum(axis=1)
+            win_c = self._mcount[np.ix_(rows, idx)].sum(axis=1)
+            win_v = self._mvalid[np.ix_(rows, idx)].sum(axis=1)
+            ref_c = self._mcount[np.ix_(rows, ref)].sum(axis=1)
+            ref_v = self._mvalid[np.ix_(rows, ref)].sum(axis=1)
             ok = (ms - 60 * k >= clear) & (ms - 60 * k >= 0)
             ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
             out_s.append(np.where(ok[:, None], win_c[:, None] + part_c, 0.0))
