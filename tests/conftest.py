@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 import redis
 from httpstub import Recorder
 from procs import Processes
-from redis.client import Pipeline
 
 from cliffwatch.metrics import bus
 from cliffwatch.metrics.store import Store
@@ -66,45 +65,45 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
         redis_client.delete(*keys[start : start + 500])
 
 
-class _RecordingPipeline(Pipeline):
-    recorder: RecordingRedis
-
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
-        commands = [tuple(args) for args, _ in self.command_stack]
-        self.recorder.round_trips.append(RoundTrip(commands, bool(self.transaction)))
-        return super().execute(raise_on_error)
-
-
 class RoundTrip:
-    """The commands of one pipeline execution, as sent."""
+    """The commands of one pipelined round trip, as sent."""
 
-    def __init__(self, commands: list[tuple[Any, ...]], transaction: bool) -> None:
+    def __init__(self, commands: list[tuple[Any, ...]]) -> None:
         self.commands = commands
-        self.transaction = transaction
+        self.transaction = any(str(c[0]).upper() == "MULTI" for c in commands)
 
     def names(self) -> list[str]:
         return [str(command[0]).upper() for command in self.commands]
 
 
+class _RecordingConnection(redis.Connection):
+    """Records each batch of commands packed to be sent in one go (a pipeline's
+    execution, or the store's own pipelined round trip) in ``trips``."""
+
+    trips: list[RoundTrip]  # one list per recording client (see recording_client)
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[Any]:
+        batch = [tuple(command) for command in commands]
+        self.trips.append(RoundTrip(batch))
+        return super().pack_commands(batch)
+
+
 class RecordingRedis(redis.Redis):
-    """A real client that also records each pipeline it executes (its commands)."""
+    """A real client that also records each pipelined round trip it sends (its
+    commands) in ``round_trips``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.round_trips: list[RoundTrip] = []
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
-        pipe = _RecordingPipeline(
-            self.connection_pool, self.response_callbacks, transaction, shard_hint
-        )
-        pipe.recorder = self
-        return pipe
+    round_trips: list[RoundTrip]
 
 
 @pytest.fixture
 def recording_client(redis_url: str, redis_client: redis.Redis) -> Iterator[RecordingRedis]:
-    """A client of the test Redis that records the pipelines it sends."""
-    client = RecordingRedis(connection_pool=redis.ConnectionPool.from_url(redis_url))
+    """A client of the test Redis that records the pipelined round trips it sends."""
+    trips: list[RoundTrip] = []
+    connection = type("Connection", (_RecordingConnection,), {"trips": trips})
+    client = RecordingRedis(
+        connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=connection)
+    )
+    client.round_trips = trips
     yield client
     client.close()
 

@@ -179,6 +179,40 @@ class Store:
         except redis.RedisError as error:
             raise StoreError(f"{doing} failed on {self._where}: {_one_line(error)}") from None
 
+    def _round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one pipelined round trip; return their raw replies.
+
+        On one server (plain, TLS, Sentinel, twemproxy) the commands are packed and the
+        replies read on one pooled connection, with redis-py's own retry of a dropped
+        connection: its ``Pipeline`` costs twice as much per command (measured with
+        25,000 HMGETs: 290 ms against 150 ms), and a worker's tick is mostly such
+        reads. A ``RedisCluster`` needs its pipeline, which routes each command to its
+        node. An error reply raises (after the connection is dropped, since replies
+        were left unread). Call inside :meth:`_errors`."""
+        if not isinstance(self.client, redis.Redis):
+            cluster: Any = self.client  # redis-py leaves the cluster client untyped
+            pipe = cluster.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(pipe.execute())
+        pool = self.client.connection_pool
+        conn: Any = pool.get_connection()
+
+        def send_and_read() -> list[Any]:
+            conn.send_packed_command(conn.pack_commands(commands))
+            return [conn.read_response() for _ in commands]
+
+        def drop(_error: Exception) -> None:
+            conn.disconnect()
+
+        try:
+            return list(conn.retry.call_with_retry(send_and_read, drop))
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
     def ping(self) -> None:
         """Check that Redis answers. Raises ``StoreError`` with a one-line reason if not."""
         with self._errors("PING"):
@@ -308,11 +342,15 @@ class Store:
         per_chunk = max(1, _MAX_COMMANDS_PER_ROUND_TRIP // len(spans))
         with self._errors("reading counts"):
             for offset in range(0, len(metrics), per_chunk):
-                pipe = self.client.pipeline(transaction=False)
-                for metric in metrics[offset : offset + per_chunk]:
-                    for minute, fields in spans:
-                        pipe.hmget(self.keys.seconds(metric, minute), fields)
-                replies.extend(pipe.execute())
+                replies.extend(
+                    self._round_trip(
+                        [
+                            ("HMGET", self.keys.seconds(metric, minute), *fields)
+                            for metric in metrics[offset : offset + per_chunk]
+                            for minute, fields in spans
+                        ]
+                    )
+                )
         # Fields come back in (metric, second) order, so the flat list is the row-major
         # matrix. int() parses bytes and str alike.
         flat = itertools.chain.from_iterable(replies)
@@ -366,20 +404,23 @@ class Store:
         items: list[tuple[str, dict[Any, Any]]] = [(m, dict(f)) for m, f in states.items() if f]
         with self._errors("writing states"):
             for lo in range(0, len(items), _BATCH):
-                pipe = self.client.pipeline(transaction=False)
-                for metric, fields in items[lo : lo + _BATCH]:
-                    pipe.hset(self.keys.state(metric), mapping=fields)
-                pipe.execute()
+                self._round_trip(
+                    [
+                        ("HSET", self.keys.state(metric), *itertools.chain(*fields.items()))
+                        for metric, fields in items[lo : lo + _BATCH]
+                    ]
+                )
 
     def get_blobs(self, metrics: Sequence[str]) -> list[bytes | None]:
         """:meth:`get_blob` for many metrics, pipelined. Raises ``StoreError``."""
         out: list[bytes | None] = []
         with self._errors("reading detector snapshots"):
             for lo in range(0, len(metrics), _BATCH):
-                pipe = self.client.pipeline(transaction=False)
-                for metric in metrics[lo : lo + _BATCH]:
-                    pipe.get(self.keys.detector(metric))
-                out.extend(pipe.execute())
+                out.extend(
+                    self._round_trip(
+                        [("GET", self.keys.detector(m)) for m in metrics[lo : lo + _BATCH]]
+                    )
+                )
         if any(data is not None and not isinstance(data, bytes) for data in out):
             raise StoreError(
                 "detector snapshots came back as text: build the Store over a client with "
@@ -392,10 +433,9 @@ class Store:
         items = list(blobs.items())
         with self._errors("writing detector snapshots"):
             for lo in range(0, len(items), _BATCH):
-                pipe = self.client.pipeline(transaction=False)
-                for metric, data in items[lo : lo + _BATCH]:
-                    pipe.set(self.keys.detector(metric), data)
-                pipe.execute()
+                self._round_trip(
+                    [("SET", self.keys.detector(m), data) for m, data in items[lo : lo + _BATCH]]
+                )
 
     def emitters(self) -> dict[str, int]:
         """``<host>:<pid>`` -> epoch second of that process's last flush. Raises
