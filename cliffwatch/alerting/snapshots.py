@@ -91,10 +91,29 @@ def save(
     """Store what ``detector``'s metrics at ``rows`` (named ``names``) learnt, as of
     second ``at`` (a whole minute), :data:`CHUNK` metrics per round trip. Raises
     ``StoreError``."""
+    write(store, copy(detector, names, rows, at))
+
+
+Copied = tuple[int, Sequence[str], np.ndarray, np.ndarray]
+"""One chunk of snapshots to write: ``(at, names, packed rows, recent seconds)``."""
+
+
+def copy(detector: Detector, names: Sequence[str], rows: Sequence[int], at: int) -> list[Copied]:
+    """What :func:`save` stores, copied out of ``detector`` (one array copy per
+    :data:`CHUNK` metrics, ~25 KB each), so that :func:`write` can compress and store
+    it while the detector moves on."""
+    out: list[Copied] = []
     for lo in range(0, len(rows), CHUNK):
         part = list(rows[lo : lo + CHUNK])
-        blobs = encode(at, detector.pack(part), detector.recent_counts(part))
-        store.set_blobs(dict(zip(names[lo : lo + CHUNK], blobs, strict=True)))
+        out.append((at, names[lo : lo + CHUNK], detector.pack(part), detector.recent_counts(part)))
+    return out
+
+
+def write(store: Store, chunks: Sequence[Copied]) -> None:
+    """Compress and store snapshots copied by :func:`copy`, a round trip per chunk.
+    Raises ``StoreError``."""
+    for at, names, packed, recent in chunks:
+        store.set_blobs(dict(zip(names, encode(at, packed, recent), strict=True)))
 
 
 def load(store: Store, names: Sequence[str]) -> list[Snapshot | None]:

@@ -52,6 +52,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
 import numpy as np
@@ -208,6 +209,10 @@ class Worker:
         self._last_rescan = -math.inf
         self._last_snapshot = -math.inf
         self._last_status = -math.inf
+        # In the live loop (run), the minute's snapshots are compressed and written by
+        # one background thread, so a whole-minute tick is not held up by them.
+        self._saver: ThreadPoolExecutor | None = None
+        self._saving: Future[None] | None = None
         self._ticks = 0
         self._last_gain: tuple[int, float] | None = None
         self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
@@ -345,6 +350,7 @@ class Worker:
         self.leader.start()
         self.start()
         self.incidents.outbox.start()
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-snapshots")
         log.info("watching %d metrics", len(self.metrics))
         try:
             while not self._stop.is_set():
@@ -415,6 +421,10 @@ class Worker:
                 self.save_snapshots(nxt)
         except CliffwatchError as exc:
             log.error("could not save snapshots: %s", exc)
+        self._saved()
+        if self._saver is not None:
+            self._saver.shutdown()
+            self._saver = None
         self.incidents.outbox.stop()
         if self.leader is not None:
             self.leader.stop()
@@ -752,10 +762,30 @@ class Worker:
 
     def save_snapshots(self, at: int) -> None:
         """Store what every metric has learnt, as of epoch second ``at`` (sharded: those
-        of the shards it holds)."""
+        of the shards it holds). In the live loop the tick only copies the state out
+        (a transient copy, ~25 KB per metric) and a background thread compresses and
+        writes it; the next save, a hand-over and shutdown wait for it first, so
+        snapshots are written in order."""
         rows = self._judged_rows()
-        self._save_snapshots([self.metrics[i] for i in rows], rows, at)
+        names = [self.metrics[i] for i in rows]
+        self._saved()
+        if self._saver is None:
+            snapshots.save(self.store, self.detector, names, rows, at)
+        else:
+            copied = snapshots.copy(self.detector, names, rows, at)
+            self._saving = self._saver.submit(snapshots.write, self.store, copied)
         self._last_snapshot = self.clock()
+
+    def _saved(self) -> None:
+        """Wait for the snapshots being written in the background, if any; log if that
+        failed (the next minute's save tries again)."""
+        saving, self._saving = self._saving, None
+        if saving is None:
+            return
+        try:
+            saving.result()
+        except CliffwatchError as exc:
+            log.error("could not save snapshots: %s", exc)
 
     def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
         """``metric``'s events/s in each of its last ``minutes`` minutes, oldest first,
@@ -776,6 +806,7 @@ class Worker:
         return [i for i, m in enumerate(self.metrics) if shard_of(m) not in self._lost_since]
 
     def _save_snapshots(self, names: Sequence[str], rows: Sequence[int], at: int) -> None:
+        self._saved()  # never overwritten by an older one still being written
         snapshots.save(self.store, self.detector, names, rows, at)
 
     def write_status(self, at: int) -> None:
