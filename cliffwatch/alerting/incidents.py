@@ -133,9 +133,8 @@ class Incidents:
         fenced by its shard instead: :meth:`fire`, :meth:`resolve` and :meth:`remind`
         raise :class:`~cliffwatch.alerting.shards.LostShard` (and write nothing) unless
         this worker holds the metric's shard and the state hash carries no newer
-        ``shard_epoch``. The
-        metrics in :attr:`leader_only` (the "monitoring blind" pseudo-metric) stay
-        fenced by the leader.
+        ``shard_epoch``. The metrics in :attr:`leader_only` (the "monitoring blind"
+        pseudo-metric) stay fenced by the leader.
 
     The outbox (:attr:`outbox`) delivers; see :mod:`cliffwatch.alerting.outbox`.
     """

@@ -768,10 +768,10 @@ class Worker:
         snapshots are written in order."""
         rows = self._judged_rows()
         names = [self.metrics[i] for i in rows]
-        self._saved()
         if self._saver is None:
-            snapshots.save(self.store, self.detector, names, rows, at)
+            self._save_snapshots(names, rows, at)
         else:
+            self._saved()
             copied = snapshots.copy(self.detector, names, rows, at)
             self._saving = self._saver.submit(snapshots.write, self.store, copied)
         self._last_snapshot = self.clock()

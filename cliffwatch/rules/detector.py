@@ -530,12 +530,10 @@ class Detector:
         out_s, out_v, out_l, out_r = [], [], [], []
         clear = self._clear_pos[rows]
         for k in LONG_MINUTES:
-            idx = np.arange(minute - k, minute) % MINUTE_RING
-            ref = np.arange(minute - 2 * k, minute - k) % MINUTE_RING
-            win_c = self._mcount[np.ix_(rows, idx)].sum(axis=1)
-            win_v = self._mvalid[np.ix_(rows, idx)].sum(axis=1)
-            ref_c = self._mcount[np.ix_(rows, ref)].sum(axis=1)
-            ref_v = self._mvalid[np.ix_(rows, ref)].sum(axis=1)
+            win = np.ix_(rows, np.arange(minute - k, minute) % MINUTE_RING)
+            ref = np.ix_(rows, np.arange(minute - 2 * k, minute - k) % MINUTE_RING)
+            win_c, win_v = self._mcount[win].sum(axis=1), self._mvalid[win].sum(axis=1)
+            ref_c, ref_v = self._mcount[ref].sum(axis=1), self._mvalid[ref].sum(axis=1)
             ok = (ms - 60 * k >= clear) & (ms - 60 * k >= 0)
             ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
             out_s.append(np.where(ok[:, None], win_c[:, None] + part_c, 0.0))
