@@ -6,8 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+import numpy as np
+
+from cliffwatch.metrics.store import Store
 
 CLIFFWATCH = Path(sys.executable).parent / "cliffwatch"
 """The console script installed next to the Python running the tests."""
@@ -56,4 +63,44 @@ def stub_rules(metric: str, slack_api_url: str, pagerduty_url: str) -> str:
         f'[[rule]]\nmetric = "{metric}"\n\n'
         f'[slack]\nchannel = "#oncall"\nbase_url = "{slack_api_url}"\n\n'
         f'[pagerduty]\nurl = "{pagerduty_url}"\n'
+    )
+
+
+class Traffic:
+    """Writes each second's counts of ``metrics`` just after it closes, as the apps'
+    flushers would: Poisson at ``rate``, or zero events for the metrics in ``down``."""
+
+    def __init__(self, store: Store, metrics: Sequence[str], rate: float) -> None:
+        self.store = store
+        self.metrics = list(metrics)
+        self.rate = rate
+        self.down: set[str] = set()
+        self._stop = threading.Event()
+        self._rng = np.random.default_rng(5)
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.02 - time.time() % 1.0):
+            second = int(time.time()) - 1
+            counts = self._rng.poisson(self.rate, len(self.metrics)).tolist()
+            down = set(self.down)
+            pairs = zip(self.metrics, counts, strict=True)
+            self.store.write_counts({second: {m: 0 if m in down else c for m, c in pairs}})
+
+
+def prefill(store: Store, metrics: Sequence[str], rate: float, minutes: int) -> None:
+    """Write ``minutes`` of Poisson history at ``rate`` for ``metrics``, up to now."""
+    end = int(time.time())
+    width = minutes * 60
+    counts = np.random.default_rng(11).poisson(rate, (len(metrics), width)).tolist()
+    store.write_counts(
+        {end - width + k: {m: counts[i][k] for i, m in enumerate(metrics)} for k in range(width)}
     )

@@ -4,15 +4,13 @@ processes of which the leader is killed with SIGKILL in the middle of an outage.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes, environment, stub_rules
+from procs import CLIFFWATCH, Processes, Traffic, environment, prefill, stub_rules
 from test_e2e import HISTORY_MINUTES, METRIC, RATE, has, labels
 
 from cliffwatch.alerting.incidents import Incidents, Route
@@ -83,37 +81,9 @@ def test_a_stale_leader_cannot_write_over_a_newer_one(store: Store) -> None:
 # -- two worker processes -------------------------------------------------------------
 
 
-class Traffic:
-    """Writes the metric's count for each second just after it closes, as an app's
-    flusher would: Poisson at RATE, or zero events while ``selling`` is clear."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.selling = threading.Event()
-        self.selling.set()
-        self._stop = threading.Event()
-        self._rng = np.random.default_rng(5)
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.02 - time.time() % 1.0):
-            second = int(time.time()) - 1
-            count = int(self._rng.poisson(RATE)) if self.selling.is_set() else 0
-            self.store.write_counts({second: {METRIC: count}})
-
-
-def _prefill(store: Store) -> None:
-    end = int(time.time())
-    counts = np.random.default_rng(11).poisson(RATE, HISTORY_MINUTES * 60).tolist()
-    store.write_counts({end - len(counts) + k: {METRIC: c} for k, c in enumerate(counts)})
+def newest_shard_epoch(store: Store, metric: str) -> str:
+    """The fencing epoch of ``metric``'s shard's latest holder, as Redis has it."""
+    return str(store.client.get(store.keys.shard_epoch(shard_of(metric))).decode())
 
 
 def _environment() -> dict[str, str]:
@@ -135,10 +105,10 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
     leader sends it again: at most one duplicate per channel, the same PagerDuty
     incident."""
     assert CLIFFWATCH.exists(), f"the console script {CLIFFWATCH} is not installed"
-    with Recorder() as stub, Traffic(store) as traffic:
+    with Recorder() as stub, Traffic(store, [METRIC], RATE) as traffic:
         rules = tmp_path / "rules.toml"
         rules.write_text(stub_rules(METRIC, stub.slack_api_url, stub.pagerduty_url))
-        _prefill(store)
+        prefill(store, [METRIC], RATE, HISTORY_MINUTES)
         args = [str(CLIFFWATCH), "-v", "worker", "--rules", str(rules), "--redis-url",
                 redis_url, "--prefix", prefix, "--warmup", "30"]
         first = processes.start("first", args, _environment())
@@ -158,7 +128,7 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
         assert stub.requests == []
 
         if when != "outage-starts-at-the-kill":
-            traffic.selling.clear()
+            traffic.down.add(METRIC)
             stub.wait_for(has("pagerduty trigger", "slack post"), timeout=20)
         if when == "paged-before-the-kill":  # ... and recorded as delivered
             wait_for(lambda: store.get_state(METRIC).get("pending") == "", timeout=5,
@@ -167,14 +137,14 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         if when == "outage-starts-at-the-kill":
-            traffic.selling.clear()
+            traffic.down.add(METRIC)
         wait_for(lambda: holder() == str(second.pid), timeout=TAKEOVER_LIMIT_S + 5,
                  what="the second worker to take the lease")
         takeover_s = time.monotonic() - killed_at
         stub.wait_for(has("pagerduty trigger", "slack post"), timeout=30)
         paged_s = time.monotonic() - killed_at
 
-        traffic.selling.set()
+        traffic.down.clear()
         stub.wait_for(has("pagerduty resolve", "slack reply"), timeout=90)
         print(f"\n{when}: takeover {takeover_s:.2f} s after SIGKILL; "
               f"page in {paged_s:.2f} s after SIGKILL")
@@ -198,6 +168,5 @@ def test_a_sigkilled_leader_is_replaced_within_10_s_and_the_outage_is_paged_once
         st = store.get_state(METRIC)
         assert (st["state"], st["pending"]) == ("ok", "")
         # The resolve was written by the shard's latest holder (the survivor).
-        newest = store.client.get(store.keys.shard_epoch(shard_of(METRIC))).decode()
-        assert st["shard_epoch"] == newest
+        assert st["shard_epoch"] == newest_shard_epoch(store, METRIC)
         assert store.lease_holder() is None  # released on SIGTERM

@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes, stub_rules
-from test_e2e import METRIC, has, labels
-from test_leader import ONE_INCIDENT, SLACK_ORDER, TAKEOVER_LIMIT_S, Traffic, _environment, _prefill
+from procs import CLIFFWATCH, Processes, Traffic, prefill, stub_rules
+from test_e2e import HISTORY_MINUTES, METRIC, RATE, has, labels
+from test_leader import (
+    ONE_INCIDENT,
+    SLACK_ORDER,
+    TAKEOVER_LIMIT_S,
+    _environment,
+    newest_shard_epoch,
+)
 
-from cliffwatch.alerting.shards import shard_of
 from cliffwatch.metrics.store import Store
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        for proc, _ in procs.running:  # a stopped process must run again to die cleanly
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-        procs.stop_all()
 
 
 @pytest.mark.timeout(240)
@@ -43,10 +36,10 @@ def test_a_frozen_leader_is_replaced_and_after_sigcont_delivers_nothing(
     that starts while the old leader is frozen, once; after SIGCONT the old leader sees
     it lost the lease and sends nothing — one page, one resolve, no duplicates."""
     assert CLIFFWATCH.exists(), f"the console script {CLIFFWATCH} is not installed"
-    with Recorder() as stub, Traffic(store) as traffic:
+    with Recorder() as stub, Traffic(store, [METRIC], RATE) as traffic:
         rules = tmp_path / "rules.toml"
         rules.write_text(stub_rules(METRIC, stub.slack_api_url, stub.pagerduty_url))
-        _prefill(store)
+        prefill(store, [METRIC], RATE, HISTORY_MINUTES)
         args = [
             str(CLIFFWATCH),
             "-v",
@@ -91,7 +84,7 @@ def test_a_frozen_leader_is_replaced_and_after_sigcont_delivers_nothing(
         )
         takeover_s = time.monotonic() - frozen_at
         outage_at = time.monotonic()
-        traffic.selling.clear()  # the outage starts while the old leader is frozen
+        traffic.down.add(METRIC)  # the outage starts while the old leader is frozen
         stub.wait_for(has("pagerduty trigger", "slack post"), timeout=30)
         paged_s = time.monotonic() - outage_at
 
@@ -102,7 +95,7 @@ def test_a_frozen_leader_is_replaced_and_after_sigcont_delivers_nothing(
             timeout=10,
             what="the old leader to notice it no longer leads",
         )
-        traffic.selling.set()
+        traffic.down.clear()
         stub.wait_for(has("pagerduty resolve", "slack reply"), timeout=90)
         # The old leader has been awake since: its detector caught up on the outage and
         # its recovery, and it ticked through both; still nothing of its own was sent.
@@ -132,5 +125,5 @@ def test_a_frozen_leader_is_replaced_and_after_sigcont_delivers_nothing(
         st = store.get_state(METRIC)
         # Whichever worker holds the metric's shard by now wrote the resolve, fenced by
         # the shard's newest epoch (the old leader may have been handed the shard back).
-        newest = store.client.get(store.keys.shard_epoch(shard_of(METRIC))).decode()
+        newest = newest_shard_epoch(store, METRIC)
         assert (st["state"], st["pending"], st["shard_epoch"]) == ("ok", "", newest)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from httpstub import Recorder
-from procs import CLIFFWATCH, Processes, environment
+from procs import CLIFFWATCH, Processes, Traffic, environment, prefill
 from test_e2e import HISTORY_MINUTES, RATE, labels
 
 from cliffwatch.alerting.alert import no_data_incident
@@ -124,44 +123,6 @@ def test_a_metrics_no_data_incident_is_decided_by_the_worker_holding_the_metric(
 # -- worker processes ---------------------------------------------------------------------
 
 
-class Traffic:
-    """Writes each second's counts of every metric just after it closes, as the apps'
-    flushers would: Poisson at RATE, or zero events for the metrics in ``down``."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.down: set[str] = set()
-        self._stop = threading.Event()
-        self._rng = np.random.default_rng(5)
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.02 - time.time() % 1.0):
-            second = int(time.time()) - 1
-            counts = self._rng.poisson(RATE, len(METRICS)).tolist()
-            down = set(self.down)
-            self.store.write_counts(
-                {second: {m: 0 if m in down else c for m, c in zip(METRICS, counts, strict=True)}}
-            )
-
-
-def _prefill(store: Store) -> None:
-    end = int(time.time())
-    width = HISTORY_MINUTES * 60
-    counts = np.random.default_rng(11).poisson(RATE, (len(METRICS), width)).tolist()
-    store.write_counts(
-        {end - width + k: {m: counts[i][k] for i, m in enumerate(METRICS)} for k in range(width)}
-    )
-
-
 def _environment() -> dict[str, str]:
     return environment(**{SLACK_TOKEN_ENV: TOKEN, PAGERDUTY_ROUTING_KEY_ENV: ROUTING_KEY})
 
@@ -234,8 +195,8 @@ class Fleet:
 def fleet(tmp_path: Path, redis_url: str, prefix: str, store: Store,
           processes: Processes) -> Iterator[tuple[Fleet, Recorder, Traffic]]:
     assert CLIFFWATCH.exists(), f"the console script {CLIFFWATCH} is not installed"
-    with Recorder() as stub, Traffic(store) as traffic:
-        _prefill(store)
+    with Recorder() as stub, Traffic(store, METRICS, RATE) as traffic:
+        prefill(store, METRICS, RATE, HISTORY_MINUTES)
         yield Fleet(tmp_path, stub, redis_url, prefix, store, processes), stub, traffic
 
 
