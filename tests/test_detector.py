@@ -78,6 +78,44 @@ def test_halving_pages_but_later_than_an_outage() -> None:
     assert 2 <= out[0].at - (T0 + start) <= 120
 
 
+def with_dips(rate: float, minutes: int, dips: list[int], seed: int) -> np.ndarray:
+    """Counts at ``rate`` (bursty as :func:`poisson`) with natural dips to 5 % starting
+    at each minute in ``dips``: a 1-minute ramp down, 15 minutes low, a ramp back up."""
+    curve = np.full(minutes * 60, rate)
+    for m in dips:
+        a = m * 60
+        curve[a : a + 60] = np.linspace(rate, 0.05 * rate, 60)
+        curve[a + 60 : a + 960] = 0.05 * rate
+        curve[a + 960 : a + 1020] = np.linspace(0.05 * rate, rate, 60)
+    rng = np.random.default_rng(seed)
+    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, len(curve) // 10 + 1), 10)
+    return rng.poisson(curve * burst[: len(curve)]).astype(float)
+
+
+@pytest.mark.parametrize(("dips", "resolves"), [([40, 100, 150], True), ([], False)])
+def test_outage_resolves_at_the_metrics_natural_low_level(
+    dips: list[int], resolves: bool
+) -> None:
+    """After an outage the metric comes back at a tenth of its level. One that dipped
+    to 5 % on its own three times (while warming up) is back within its nature: the
+    incident resolves within a minute of the outage's end. A steady one at a tenth is
+    still down: it keeps firing."""
+    history_min = 180
+    h = with_dips(50, history_min, dips, seed=30)
+    rng = np.random.default_rng(31)
+    after = rng.poisson(np.concatenate([np.full(1800, 50.0), np.zeros(600), np.full(1800, 5.0)]))
+    det = Detector(1, -3.0, warmup_minutes=history_min)
+    out = det.update(np.concatenate([h, after.astype(float)])[None], T0)
+    outage = T0 + len(h) + 1800
+    assert out[0].state == "firing" and outage <= out[0].at <= outage + 2
+    if resolves:
+        assert [t.state for t in out] == ["firing", "resolved"]
+        assert outage + 600 < out[1].at <= outage + 660
+        assert out[1].rate < 0.2 * 50
+    else:
+        assert [t.state for t in out] == ["firing"]
+
+
 def test_surge_that_ends_does_not_page() -> None:
     """A 10-minute surge to 3x that ends abruptly: falling back to normal is no drop."""
     h = history(50, seed=7)

@@ -52,8 +52,10 @@ fires, its normal rate is frozen at the value it had when it fired, and incident
 teach the detector nothing. It resolves once the rate over the last ``w_r`` seconds
 (long enough to expect 30 events, 30 s to 15 min, all after the page) is back to at
 least 75 % of that frozen rate (or of the daily cycle's rate now, if lower), or is no
-longer significantly (1 sd) below it. An incident older than an hour lets its new level
-into the normal rate.
+longer significantly (1 sd) below it. A metric that falls deep on its own is back
+sooner: at its natural floor at the 512 s scale, when that is below 75 % (an outage of
+a metric that dips to a tenth of its level by nature is over once it runs at a tenth).
+An incident older than an hour lets its new level into the normal rate.
 
 State changes only at whole-minute boundaries (normal rate, noise, floor) or at a
 transition, so the result does not depend on how the counts are chunked: the worker
@@ -93,6 +95,7 @@ CLIP_SD = 5.0  # a second's residual counts at most this many sd when learning t
 RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
 RESOLVE_FRACTION = 0.75
+RESOLVE_FLOOR_SCALE = len(SHORT_SCALES) - 1  # the natural floor at 512 s bounds "back"
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
 HISTORY_S = max(2 * max(SHORT_SCALES), REF_MIN_S + max(SHORT_SCALES), RESOLVE_MAX_S) + 64
 RECENT_S = HISTORY_S - 1  # seconds of counts the ring of running sums can give back
@@ -653,7 +656,7 @@ class Detector:
             scale = min(int(np.searchsorted(SCALES, w)), len(SCALES) - 1)
             rr = _nb_signed_root(sr, er, self.excess[scale, i])
             after = pos0 + np.arange(n) >= self._fire_pos[i] + w
-            ok = after & (nr >= w / 2) & ((sr >= RESOLVE_FRACTION * er) | (rr > -1.0))
+            ok = after & (nr >= w / 2) & ((sr >= self._back_to(int(i)) * er) | (rr > -1.0))
             back[i] = ok
             hit = np.flatnonzero(ok)
             if hit.size:
@@ -681,6 +684,14 @@ class Detector:
                     )
                 )
         return k, changes
+
+    def _back_to(self, i: int) -> float:
+        """The fraction of the resolve level that counts as back: RESOLVE_FRACTION, or
+        metric ``i``'s natural floor at the longest short scale (about 8 minutes) when
+        that is lower. A metric that falls to a tenth of its level on its own is within
+        its nature again at a tenth; the incident, deeper than that, is over."""
+        natural = float(self.floor[RESOLVE_FLOOR_SCALE, i])
+        return min(RESOLVE_FRACTION, natural) if natural > 0 else RESOLVE_FRACTION
 
     def _resolve_level(self, i: int) -> tuple[float, int]:
         """The rate metric ``i`` must get back to (the normal rate when it fired, or the
