@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 
-from cliffwatch.rules.detector import HISTORY_S, Detector, _nb_signed_root
+from cliffwatch.rules.detector import HISTORY_S, TAIL_P, Detector, _nb_signed_root
 
 T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
 WARMUP = 30
@@ -114,6 +115,66 @@ def test_outage_resolves_at_the_metrics_natural_low_level(
         assert out[1].rate < 0.2 * 50
     else:
         assert [t.state for t in out] == ["firing"]
+
+
+def diving(rate: float, minutes: int, seed: int, every_s: int = 600) -> np.ndarray:
+    """Counts at ``rate`` (bursty as :func:`poisson`) that dive to 30 % for 15 s every
+    ``every_s`` seconds, as some real series do on their own."""
+    curve = np.full(minutes * 60, rate)
+    for a in range(300, len(curve) - 15, every_s):
+        curve[a : a + 15] = 0.3 * rate
+    rng = np.random.default_rng(seed)
+    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, len(curve) // 10 + 1), 10)
+    return rng.poisson(curve * burst[: len(curve)]).astype(float)
+
+
+def test_a_metric_that_dives_on_its_own_learns_a_heavier_tail() -> None:
+    """Dives every 10 minutes make falls 2.5 sd deep several times as common as the
+    noise model says: the short scales' residuals get stretched (>= 1.15). Plain bursty
+    traffic matches the model: nothing is stretched by more than 5 %."""
+    minutes = 360
+    dives = Detector(1, warmup_minutes=minutes)
+    dives.update(diving(50, minutes, seed=40)[None], T0)
+    plain = Detector(1, warmup_minutes=minutes)
+    plain.update(poisson(50, minutes * 60, seed=41)[None], T0)
+    assert np.all(dives.tail_scale[:5, 0] >= 1.15)
+    assert np.all(plain.tail_scale[:, 0] <= 1.05)
+
+
+def test_the_tail_softens_partial_falls_but_never_silence() -> None:
+    """On the diving metric, a 12-second fall to 12 % (deeper than its dives) would page
+    by the noise model alone; with the learnt tail it scores softer by the stretch and
+    does not page. An outage scores and pages exactly as by the model alone, on the
+    same second."""
+    minutes = 360
+    det = Detector(1, warmup_minutes=minutes)
+    det.update(diving(50, minutes, seed=42)[None], T0)
+    model_only = copy.deepcopy(det)  # the same, its tail put back to the model's
+    model_only.tail[:] = TAIL_P
+    model_only.tail_scale[:] = 1.0
+    rng = np.random.default_rng(43)
+    after = rng.poisson(np.concatenate([np.full(300, 50.0), np.full(12, 6.0)])).astype(float)
+    start = T0 + minutes * 60
+
+    def lowest_score(d: Detector, counts: np.ndarray) -> tuple[float, list]:
+        low, out = 0.0, []
+        for j, c in enumerate(counts):
+            out += d.update(np.array([[c]]), start + j)
+            low = min(low, float(d.score[0]))
+        return low, out
+
+    fall = copy.deepcopy(det), copy.deepcopy(model_only)
+    softened, not_paged = lowest_score(fall[0], after)
+    modelled, paged_by_model = lowest_score(fall[1], after)
+    assert modelled < modelled / 1.15 <= softened < 0
+    assert [t.state for t in paged_by_model] == ["firing"] and not_paged == []
+
+    outage = np.concatenate([after[:300], np.zeros(30)])
+    _, paged = lowest_score(det, outage)
+    _, paged_model = lowest_score(model_only, outage)
+    assert paged and paged[0].state == "firing"
+    assert (paged[0].at, paged[0].score) == (paged_model[0].at, paged_model[0].score)
+    assert paged[0].at <= start + 301
 
 
 def test_surge_that_ends_does_not_page() -> None:

@@ -25,6 +25,15 @@ that scale?* — the rate's derivative, in noise units.
   teach nothing. That is a negative binomial, and ``r_w`` is its signed deviance
   residual: like ``(S - E) / sd`` for large counts, but exact about how telling a
   silent second is.
+* The model's tail is checked against the metric's own history: at each scale the
+  detector counts how often ``r_w`` falls below -2.5 outside incidents (a running
+  average over three days) and compares that with how often the model says it would
+  (0.62 %). Where falls that deep come more often — a metric that dives on its own —
+  that scale's residuals are divided by ``2.5 / z``, ``z`` the normal quantile of the
+  observed frequency (never by less than 1). A window with no events at all, at a
+  scale where the metric was never silent on its own (natural floor above 0), is not
+  divided: the tail measures partial falls, and a silence the metric never showed is
+  an outage's signature.
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
   (an incident counts once, as one minute, unless it was total silence: an outage is
@@ -91,6 +100,10 @@ DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to 
 WARMUP_MINUTES = DAY_MINUTES
 NOISE_MEMORY_MINUTES = 360
 PRIOR_EXCESS = 0.05  # burstiness assumed before any history: 22 % extra sd at every scale
+TAIL_Z = 2.5  # residuals below -TAIL_Z are counted to check the noise model's tail ...
+TAIL_P = 0.5 * math.erfc(TAIL_Z / math.sqrt(2.0))  # ... against how often it says they occur
+TAIL_PRIOR_MINUTES = 60  # the model's own rate counts as this many minutes of history
+TAIL_MEMORY_MINUTES = 3 * DAY_MINUTES
 CLIP_SD = 5.0  # a second's residual counts at most this many sd when learning the noise
 RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
@@ -155,6 +168,11 @@ class Detector:
         self._mstart_pos = 0  # position of the first second of the current minute
         self._minute_now = 0  # and that minute (epoch minutes)
         self.excess = np.full((len(SCALES), m), PRIOR_EXCESS)
+        self._tail_hits = np.zeros((len(SCALES), m))
+        self._tail_n = np.zeros((len(SCALES), m))
+        self._tail_minutes = np.zeros(m)
+        self.tail = np.full((len(SCALES), m), TAIL_P)
+        self.tail_scale = np.ones((len(SCALES), m))
         self._noise_minutes = np.zeros(m)
         # the natural floor: the lowest count/normal ratio at each scale, in two half-days
         self._minute_floor = np.full((len(SCALES), m), np.inf)
@@ -438,10 +456,11 @@ class Detector:
         out: list[Transition] = []
         j = 0
         while j < n:
-            score, s, nv, worst, e, local = self._scores(rows, pos0 + j, n - j)
+            score, s, nv, worst, e, local, raw = self._scores(rows, pos0 + j, n - j)
             k, changes = self._next_transitions(score, s, nv, worst, pos0 + j, n - j, judged)
             upto = n - j if k is None else k + 1
             self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto], e[..., :upto])
+            self._learn_tail(raw[..., :upto], e[..., :upto])
             if k is None:
                 break
             for t in changes:
@@ -484,8 +503,8 @@ class Detector:
         return c[at_end][None] - c_beg, v[at_end][None] - v_beg
 
     def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
-        """Score the new seconds: ``(score, S, n, worst scale, E, local rate)``; see the
-        module docstring."""
+        """Score the new seconds: ``(score, S, n, worst scale, E, local rate, r_w before
+        the tail and the floor weigh it)``; see the module docstring."""
         widths = np.asarray(SHORT_SCALES)
         refs = np.maximum(widths, REF_MIN_S)
         sums, nvs = self._window_sums(rows, pos0, n, np.concatenate([widths, widths + refs]))
@@ -498,14 +517,16 @@ class Detector:
         s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
         local, nref = np.concatenate([local, llocal]), np.concatenate([nref, lnref])
         e = self._expected(rows, local, nref) * nv
-        r = _nb_signed_root(s, e, self.excess[:, rows, None])
+        raw = _nb_signed_root(s, e, self.excess[:, rows, None])
+        floor = self.floor[:, rows, None]
+        silent = (s == 0) & (floor > 0)
+        r = np.where(silent, raw, raw / self.tail_scale[:, rows, None])
         with np.errstate(invalid="ignore", divide="ignore"):
-            floor = self.floor[:, rows, None]
             depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
-        return score, s, nv, worst, e, local
+        return score, s, nv, worst, e, local, raw
 
     def _expected(self, rows: np.ndarray, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
         """The rate each window is judged against: the rate just before it when that is
@@ -546,6 +567,13 @@ class Detector:
             out_l.append(np.repeat(loc[:, None], n, axis=1))
             out_r.append(np.repeat(ref_v[:, None], n, axis=1))
         return np.stack(out_s), np.stack(out_v), np.stack(out_l), np.stack(out_r)
+
+    def _learn_tail(self, raw: np.ndarray, expect: np.ndarray) -> None:
+        """Count how often each scale's residual falls below -TAIL_Z (where enough
+        events are expected to tell, outside incidents)."""
+        learn = (expect >= 5) & ~self.firing[None, :, None]
+        self._tail_hits += (learn & (raw < -TAIL_Z)).sum(axis=2)
+        self._tail_n += learn.sum(axis=2)
 
     def _learn_noise(
         self, s: np.ndarray, nv: np.ndarray, local: np.ndarray, expect: np.ndarray
@@ -631,6 +659,19 @@ class Detector:
         self._minute_valid[:] = 0
         self._noise_sum[:] = 0
         self._noise_n[:] = 0
+        # the tail: how often residuals fall below -TAIL_Z, against how often they would
+        # if the noise were as modelled; a heavier tail stretches that scale's residuals
+        got = self._tail_n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            freq = self._tail_hits / self._tail_n
+        self._tail_minutes += got.any(axis=0)
+        alpha = np.maximum(
+            1.0 / (self._tail_minutes + TAIL_PRIOR_MINUTES), 1.0 / TAIL_MEMORY_MINUTES
+        )
+        self.tail = np.where(got, self.tail + alpha[None, :] * (freq - self.tail), self.tail)
+        self.tail_scale = np.maximum(TAIL_Z / _normal_quantile_z(self.tail), 1.0)
+        self._tail_hits[:] = 0
+        self._tail_n[:] = 0
 
     def _next_transitions(
         self,
@@ -734,6 +775,9 @@ _LEARNT = (
     "minutes_seen",
     "excess",
     "_noise_minutes",
+    "_tail_minutes",
+    "tail",
+    "tail_scale",
     "_floor_now",
     "_floor_before",
     "floor",
@@ -769,6 +813,18 @@ _ROWS_FIRST = frozenset({"_csum", "_cvalid", "_minutes", "_mcount", "_mvalid"})
 
 def _metric_axis(name: str) -> int:
     return 0 if name in _ROWS_FIRST else -1
+
+
+_Z_GRID = np.linspace(0.5, 8.0, 600)
+_LOG_P_GRID = np.log([0.5 * math.erfc(z / math.sqrt(2.0)) for z in _Z_GRID])
+
+
+def _normal_quantile_z(p: np.ndarray) -> np.ndarray:
+    """The z with P(Z < -z) = p for a standard normal Z (0.5 <= z <= 8)."""
+    with np.errstate(divide="ignore"):
+        logp = np.log(np.clip(p, 1e-300, 0.5))
+    z: np.ndarray = np.interp(-logp, -_LOG_P_GRID, _Z_GRID)
+    return z
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
