@@ -69,6 +69,22 @@ def test_quiet_metric_outage_pages_within_a_few_optimal_delays() -> None:
     assert [t.state for t in out] == ["firing", "resolved"]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_trickle_outage_pages_within_two_optimal_delays(seed: int) -> None:
+    """At 0.05/s (three events a minute) the optimal delay for an outage at one false
+    alarm a month is log(2.6e6)/0.05 = 295 s; a long silence, judged against how few
+    windows of its length a month holds, pages within twice that."""
+    minutes = 12 * 60
+    h = poisson(0.05, minutes * 60, seed=50 + seed)
+    det = Detector(1, warmup_minutes=minutes)
+    assert det.update(h[None], T0) == []
+    after = np.concatenate([np.zeros(1800), poisson(0.05, 1800, seed=60 + seed)])
+    out = det.update(after[None], T0 + len(h))
+    assert [t.state for t in out] == ["firing", "resolved"]
+    limit = math.log(30 * 86400) / 0.05
+    assert out[0].at - (T0 + len(h)) <= 2 * limit
+
+
 def test_halving_pages_but_later_than_an_outage() -> None:
     """A fall to half at 50/s pages, later than an outage would, and resolves."""
     h = history(50, seed=4)

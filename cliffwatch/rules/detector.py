@@ -34,6 +34,13 @@ that scale?* — the rate's derivative, in noise units.
   scale where the metric was never silent on its own (natural floor above 0), is not
   divided: the tail measures partial falls, and a silence the metric never showed is
   an outage's signature.
+* Such a silence, a minute or longer, is also judged against how many windows of its
+  scale a month holds: a 1-second window is tried 2.6 million times a month, a
+  17-minute one about 2,500 times, so one false page a month needs z = 5.4 at 1 s but
+  only 4.0 at 17 minutes. ``r_w`` of a silent window is multiplied by ``z_1 / z_w``
+  (1.17 at 64 s to 1.41 at 34 minutes). Partial falls do not get this: real series'
+  tails are too heavy to trust the model that far (tried: on every window it more than
+  doubled the false pages), and a silence under a minute is a blip (a pause, a restart).
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
   (an incident counts once, as one minute, unless it was total silence: an outage is
@@ -104,6 +111,8 @@ TAIL_Z = 2.5  # residuals below -TAIL_Z are counted to check the noise model's t
 TAIL_P = 0.5 * math.erfc(TAIL_Z / math.sqrt(2.0))  # ... against how often it says they occur
 TAIL_PRIOR_MINUTES = 60  # the model's own rate counts as this many minutes of history
 TAIL_MEMORY_MINUTES = 3 * DAY_MINUTES
+MONTH_S = 30 * 86400
+SILENCE_MIN_S = 64  # silence shorter than this is a blip: judged like any other fall
 CLIP_SD = 5.0  # a second's residual counts at most this many sd when learning the noise
 RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
@@ -524,6 +533,7 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
+        r = np.where(silent, r * SILENCE_GAIN[:, None, None], r)
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
         return score, s, nv, worst, e, local, raw
@@ -825,6 +835,18 @@ def _normal_quantile_z(p: np.ndarray) -> np.ndarray:
         logp = np.log(np.clip(p, 1e-300, 0.5))
     z: np.ndarray = np.interp(-logp, -_LOG_P_GRID, _Z_GRID)
     return z
+
+
+def _silence_gain() -> np.ndarray:
+    """Per scale: the standard deviations a one-second window needs for one false page
+    a month over those a window of this scale needs (a month holds fewer of them); 1
+    below SILENCE_MIN_S."""
+    widths = np.asarray(SCALES, float)
+    z = _normal_quantile_z(widths / MONTH_S / len(SCALES))
+    return np.where(widths >= SILENCE_MIN_S, z[0] / z, 1.0)
+
+
+SILENCE_GAIN = _silence_gain()
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
