@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drop-detection benchmark: ``cliffwatch backtest`` on every traffic scenario, scored.
 
-    python benchmarks/detection.py [--only NAME ...] [--smoke] [--markdown] [-v]
+    python benchmarks/detection.py [--only NAME ...] [--smoke] [--reseed K] [--markdown] [-v]
 
 Scenarios come from the shared traffic benchmark (``<bench>/scenarios/*.json``, the
 public ones) and from ``benchmarks/scenarios/*.json`` (ours, on other real series,
@@ -18,7 +18,10 @@ beside the repository's checkout.
 
 ``--smoke`` runs a cut-down copy of one scenario (1.5 days, the first 24 hours
 without events; ``shop`` unless ``--only`` names another) to show that the pipeline
-runs; it checks no goals. ``--markdown`` also prints the table as Markdown.
+runs; it checks no goals. ``--reseed K`` runs every scenario with its seed K higher:
+the same recipe (series, rates, burstiness, events) with traffic and incidents never
+seen, to check that a change does not just fit the usual seeds. ``--markdown`` also
+prints the table as Markdown.
 
 Exit status: 0 when every scenario meets every goal (or the smoke run ran), 1 when
 a scenario misses a goal or a step fails, 2 for bad arguments or a missing tool.
@@ -197,18 +200,19 @@ def discover(bench: Path) -> list[Scenario]:
     return out
 
 
-def smoke_scenario(source: Scenario, cache: Path) -> Scenario:
-    """A cut-down copy of ``source`` (SMOKE_DAYS long, the first SMOKE_WARMUP_HOURS
-    without events), written to the cache only when its content changes, so that
+def variant(
+    source: Scenario, cache: Path, name: str, reseed: int = 0, **changes: object
+) -> Scenario:
+    """A copy of ``source`` named ``name``, its seed ``reseed`` higher and ``changes``
+    made to its fields, written to the cache only when its content changes, so that
     the cached traffic is reused across runs."""
     try:
         sc = json.loads(source.path.read_text())
-    except (OSError, ValueError) as exc:
+        sc.update(name=name, seed=int(sc.get("seed", 0)) + reseed, **changes)
+    except (OSError, ValueError, TypeError) as exc:
         raise BenchError(f"{source.path}: cannot read scenario: {exc}") from None
-    name = f"{source.name}-smoke"
-    sc.update(name=name, days=SMOKE_DAYS, warmup_hours=SMOKE_WARMUP_HOURS)
     sc["data_dirs"] = [str((source.path.parent / d).resolve()) for d in sc.get("data_dirs", [])]
-    path = cache / "smoke" / f"{name}.json"
+    path = cache / "variants" / f"{name}.json"
     text = json.dumps(sc, indent=1) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
@@ -420,6 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--bench-dir", help="the shared traffic benchmark (traffic.py, score.py, scenarios/)"
     )
+    ap.add_argument(
+        "--reseed",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run each scenario with its seed + K: the same recipe, traffic never seen",
+    )
     args = ap.parse_args(argv)
     try:
         bench = bench_dir(args.bench_dir)
@@ -436,7 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenarios = [by_name[n] for n in args.only]
         if args.smoke:
             source = scenarios[0] if args.only else by_name.get(SMOKE_SCENARIO, scenarios[0])
-            scenarios = [smoke_scenario(source, cache)]
+            smoke = {"days": SMOKE_DAYS, "warmup_hours": SMOKE_WARMUP_HOURS}
+            scenarios = [variant(source, cache, f"{source.name}-smoke", **smoke)]
+        if args.reseed:
+            scenarios = [
+                variant(s, cache, f"{s.name}+{args.reseed}", reseed=args.reseed) for s in scenarios
+            ]
     except BenchError as exc:
         print(f"detection.py: {exc}", file=sys.stderr)
         return 2
