@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cliffwatch.rules.detector import HISTORY_S, TAIL_P, Detector, _nb_signed_root
+from cliffwatch.rules.detector import HISTORY_S, SCALES, TAIL_P, Detector, _nb_signed_root
 
 T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
 WARMUP = 30
@@ -205,6 +205,41 @@ def test_gap_in_the_data_does_not_page() -> None:
     h = history(50, seed=10)
     series = np.concatenate([h, np.full(300, np.nan), poisson(50, 900, seed=11)])
     assert run(series) == []
+
+
+def very_bursty(rate: float, seconds: int, seed: int) -> np.ndarray:
+    """Counts whose 10-second blocks swing with a coefficient of variation of 0.5."""
+    rng = np.random.default_rng(seed)
+    burst = np.repeat(rng.gamma(4.0, 0.25, seconds // 10 + 1), 10)[:seconds]
+    return rng.poisson(rate * burst).astype(float)
+
+
+def test_a_gap_leaves_the_learnt_noise_alone() -> None:
+    """Ten minutes without data teach the scales up to 64 s nothing: their burstiness is
+    what it was before the gap (a gap once overwrote it with the long scales', which
+    still see data from before the gap, making the next burst look like a cliff)."""
+    det = Detector(1, warmup_minutes=WARMUP)
+    det.update(very_bursty(40, 120 * 60, seed=70)[None], T0)
+    short = np.asarray(SCALES) <= 64
+    before = det.excess[short, 0].copy()
+    assert before[0] > 0.1  # the bursts were learnt
+    det.update(np.full((1, 600), np.nan), T0 + 120 * 60)
+    assert det.excess[short, 0] == pytest.approx(before, rel=0.02)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_gap_never_pages_on_the_seconds_before_it(seed: int) -> None:
+    """25 s at 30 % (a lull of very bursty traffic), then ten minutes without data: while
+    the gap lasts, no window with data in fewer than half its seconds is scored, so
+    the lull is never judged again against a long scale's smaller noise."""
+    h = very_bursty(40, 180 * 60, seed=80 + seed)
+    rng = np.random.default_rng(90 + seed)
+    lull = rng.poisson(12.0, 25).astype(float)
+    after = np.concatenate([lull, np.full(600, np.nan), very_bursty(40, 300, seed=95 + seed)])
+    det = Detector(1, warmup_minutes=180)
+    det.update(h[None], T0)
+    out = det.update(after[None], T0 + len(h))
+    assert [t for t in out if t.at >= T0 + len(h) + 25] == []
 
 
 def test_short_blip_at_low_volume_does_not_page() -> None:

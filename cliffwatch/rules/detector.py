@@ -8,7 +8,10 @@ have seen is the count of the last w seconds, in units of this metric's own nois
 that scale?* — the rate's derivative, in noise units.
 
 * ``S`` is the number of events in the last ``w`` seconds (seconds with no data are left
-  out: a gap is never read as zero events), ``n`` the seconds with data among them.
+  out: a gap is never read as zero events), ``n`` the seconds with data among them. A
+  window with data in fewer than half its seconds is neither scored nor learnt from: a
+  gap does not get the seconds before it judged again at a longer scale, whose noise
+  is smaller, and does not teach a scale anything (it keeps what it had learnt).
 * ``B`` is the metric's normal rate now: the lower of the median of its per-minute rates
   over the last hour (minutes inside an incident left out, so a surge that ends or a
   blip does not move it) and the daily cycle's rate for this minute (the same time on
@@ -91,6 +94,7 @@ import numpy as np
 SHORT_SCALES = tuple(2**i for i in range(10))  # 1 s .. 512 s, from the per-second history
 LONG_MINUTES = (17, 34)  # about 1024 s and 2048 s, from per-minute totals (quiet metrics)
 SCALES = SHORT_SCALES + tuple(60 * k for k in LONG_MINUTES)
+HALF_SCALES = np.asarray(SCALES) / 2.0  # a window is scored with data in half its seconds
 MINUTE_RING = 2 * max(LONG_MINUTES) + 4
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 Z_PAGE = 5.5
@@ -469,7 +473,7 @@ class Detector:
             k, changes = self._next_transitions(score, s, nv, worst, pos0 + j, n - j, judged)
             upto = n - j if k is None else k + 1
             self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto], e[..., :upto])
-            self._learn_tail(raw[..., :upto], e[..., :upto])
+            self._learn_tail(raw[..., :upto], e[..., :upto], nv[..., :upto])
             if k is None:
                 break
             for t in changes:
@@ -534,6 +538,7 @@ class Detector:
             depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         r = np.where(silent, r * SILENCE_GAIN[:, None, None], r)
+        r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
         return score, s, nv, worst, e, local, raw
@@ -578,10 +583,11 @@ class Detector:
             out_r.append(np.repeat(ref_v[:, None], n, axis=1))
         return np.stack(out_s), np.stack(out_v), np.stack(out_l), np.stack(out_r)
 
-    def _learn_tail(self, raw: np.ndarray, expect: np.ndarray) -> None:
+    def _learn_tail(self, raw: np.ndarray, expect: np.ndarray, nv: np.ndarray) -> None:
         """Count how often each scale's residual falls below -TAIL_Z (where enough
         events are expected to tell, outside incidents)."""
-        learn = (expect >= 5) & ~self.firing[None, :, None]
+        full = nv >= HALF_SCALES[:, None, None]
+        learn = (expect >= 5) & full & ~self.firing[None, :, None]
         self._tail_hits += (learn & (raw < -TAIL_Z)).sum(axis=2)
         self._tail_n += learn.sum(axis=2)
 
@@ -595,12 +601,13 @@ class Detector:
         end of a surge, scored against the normal level, teaches it nothing)."""
         ref = np.where(np.isfinite(local), local, self.recent[None, :, None])
         e = ref * nv
-        learn = (e >= 5) & ~self.firing[None, :, None]
+        full = nv >= HALF_SCALES[:, None, None]  # as scored: data in half its seconds
+        learn = (e >= 5) & full & ~self.firing[None, :, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             var = e + self.excess[:, :, None] * e * e
             short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
             obs = (2.0 * short2 - e) / (e * e)
-            big = expect >= FLOOR_MIN_EVENTS
+            big = (expect >= FLOOR_MIN_EVENTS) & full
             ratio = np.where(big & ~self.firing[None, :, None], s / expect, np.inf)
             during = np.where(big & self.firing[None, :, None], s / expect, np.inf)
         self._noise_sum += np.where(learn, obs, 0.0).sum(axis=2)
@@ -658,11 +665,14 @@ class Detector:
         alpha = np.maximum(1.0 / np.maximum(self._noise_minutes, 1), 1.0 / NOISE_MEMORY_MINUTES)
         upd = np.maximum(self.excess + alpha[None, :] * (obs - self.excess), 1e-4)
         excess = np.where(got, upd, np.nan)
-        # scales too short to learn from (fewer than 5 events expected) take the
-        # burstiness of the shortest scale that could
+        # scales too short to learn from (fewer than 5 events expected at the recent
+        # rate) take the burstiness of the shortest scale that could; a scale that
+        # learnt nothing for want of data (a gap) keeps what it had
         first = np.argmax(got, axis=0)
         fill = excess[first, np.arange(self.n)]
-        short = np.arange(len(SCALES))[:, None] < first[None, :]
+        with np.errstate(invalid="ignore"):
+            too_short = self.recent[None, :] * np.asarray(SCALES)[:, None] < 5
+        short = too_short & (np.arange(len(SCALES))[:, None] < first[None, :])
         excess = np.where(short & np.asarray(got.any(axis=0))[None, :], fill[None, :], excess)
         self.excess = np.where(np.isnan(excess), self.excess, excess)
         self._minute_sum[:] = 0
