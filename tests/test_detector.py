@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 
 import numpy as np
 import pytest
 
-from cliffwatch.rules.detector import HISTORY_S, SCALES, TAIL_P, Detector, _nb_signed_root
+from cliffwatch.alerting import snapshots
+from cliffwatch.rules.detector import (
+    _ADDED,
+    _LEARNT,
+    HISTORY_S,
+    RECENT_S,
+    SCALES,
+    TAIL_P,
+    Detector,
+    _nb_signed_root,
+    _packed_layout,
+)
 
 T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
 WARMUP = 30
@@ -297,6 +309,32 @@ def test_snapshot_restore_and_prime_continue_exactly() -> None:
     tb = b.update(tail[None, :], T0 + cut)
     assert [(t.state, t.at) for t in ta] == [(t.state, t.at) for t in tb]
     assert [t.state for t in ta] == ["firing", "resolved"]
+
+
+def test_a_snapshot_saved_before_the_tail_calibration_is_upgraded() -> None:
+    """A snapshot in the earlier layout (without the tail's parts) is read, not thrown
+    away, so an upgrade does not send every metric back to warming up: all it held comes
+    back, and the tail starts as a new metric's. A blob of no known layout is ignored."""
+    det = Detector(1, warmup_minutes=WARMUP)
+    det.update(very_bursty(40, 90 * 60, seed=75)[None], T0)
+    row = det.pack([0])[0]
+    parts, at = {}, 0
+    for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True):
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        parts[name], at = row[at : at + size], at + size
+    earlier = np.concatenate([parts[n] for n in _LEARNT if n not in _ADDED])
+    blob = snapshots.encode(T0 + 90 * 60, earlier[None], det.recent_counts([0]))[0]
+    snap = snapshots.decode("orders.created", blob)
+    assert snap is not None and snap.at == T0 + 90 * 60
+    back = Detector(1, warmup_minutes=WARMUP)
+    snapshots.restore(back, [0], [snap])
+    new = Detector(1)
+    for name in _LEARNT:
+        expected = getattr(new if name in _ADDED else det, name)
+        np.testing.assert_array_equal(getattr(back, name), expected, err_msg=name)
+    header = blob[: len(snapshots.MAGIC) + 8]  # magic and the second it is valid at
+    unknown = earlier[:-5].tobytes() + np.zeros(RECENT_S, np.float32).tobytes()
+    assert snapshots.decode("orders.created", header + zlib.compress(unknown)) is None
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:

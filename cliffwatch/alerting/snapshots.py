@@ -12,8 +12,11 @@ snapshot, whoever restores it reads from Redis only the seconds since it was sav
 the ~18 minutes of history the detector's windows reach back over. Snapshots written
 by earlier versions with ``np.savez`` (a zip file) are still read.
 
-A snapshot that cannot be read (truncated, another layout) is logged and ignored: the
-metric then learns again from the history Redis still has.
+A snapshot in the layout of an earlier version is upgraded: the parts it lacks start as
+a new metric's (:func:`~cliffwatch.rules.detector.upgrade_packed`), so an upgrade does not
+send every metric back to warming up. A snapshot that cannot be read (truncated, an
+unknown layout) is logged and ignored: the metric then learns again from the history
+Redis still has.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics.store import Store
-from ..rules.detector import RECENT_S, Detector, packed_size
+from ..rules.detector import RECENT_S, Detector, packed_size, upgrade_packed
 
 log = logging.getLogger("cliffwatch.worker")
 
@@ -72,10 +75,12 @@ def decode(metric: str, blob: bytes | None) -> Snapshot | None:
         if blob[:4] == MAGIC:
             _, at = _HEADER.unpack_from(blob)
             raw = zlib.decompress(blob[_HEADER.size :])
-            size = packed_size()
-            if len(raw) != size + 4 * RECENT_S:
-                raise ValueError(f"{len(raw)} bytes, not {size + 4 * RECENT_S}")
-            packed = np.frombuffer(raw, np.uint8, size)
+            size = len(raw) - 4 * RECENT_S
+            row = np.frombuffer(raw, np.uint8, max(size, 0))
+            # an earlier version's layout is upgraded; None: no known layout
+            packed = row if size == packed_size() else upgrade_packed(row)
+            if packed is None or size <= 0:
+                raise ValueError(f"{len(raw)} bytes, not {packed_size() + 4 * RECENT_S}")
             return Snapshot(int(at), packed, np.frombuffer(raw, np.float32, RECENT_S, size))
         with np.load(io.BytesIO(blob)) as z:
             arrays = {k: z[k] for k in z.files}

@@ -307,8 +307,11 @@ class Detector:
 
     def restore(self, i: int, state: dict[str, np.ndarray]) -> None:
         """Give metric ``i`` back what :meth:`snapshot` took. Unknown or misshapen parts
-        raise ``ValueError``."""
+        raise ``ValueError``; parts learnt only since an earlier version (:data:`_ADDED`)
+        may be missing and keep what a new metric starts with."""
         for name in _LEARNT:
+            if name in _ADDED and name not in state:
+                continue
             target = getattr(self, name)
             value = np.asarray(state[name])
             if value.shape != target[..., i].shape:
@@ -809,6 +812,11 @@ _LEARNT = (
 )
 
 
+# learnt only since the tail calibration: snapshots saved before it lack them
+_ADDED = frozenset({"_tail_minutes", "tail", "tail_scale"})
+_EARLIER = (tuple(n for n in _LEARNT if n not in _ADDED),)  # earlier packed layouts
+
+
 def _packed_layout() -> list[tuple[tuple[int, ...], np.dtype]]:
     """Each learnt part's per-metric shape and dtype, in :data:`_LEARNT` order."""
     if not _LAYOUT:
@@ -822,9 +830,36 @@ def _packed_layout() -> list[tuple[tuple[int, ...], np.dtype]]:
 _LAYOUT: list[tuple[tuple[int, ...], np.dtype]] = []
 
 
+def _part_sizes() -> dict[str, int]:
+    return {
+        name: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True)
+    }
+
+
 def packed_size() -> int:
     """Bytes of one metric's packed snapshot (:meth:`Detector.pack`)."""
-    return sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in _packed_layout())
+    return sum(_part_sizes().values())
+
+
+def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
+    """One metric's packed snapshot in an earlier layout (saved by an earlier version,
+    before the parts in :data:`_ADDED` were learnt) as a row of this layout, those parts
+    as a new metric starts with them; ``None`` if ``row`` has no known layout's size."""
+    sizes = _part_sizes()
+    for names in _EARLIER:
+        if row.size != sum(sizes[n] for n in names):
+            continue
+        out: np.ndarray = Detector(1).pack([0])[0]
+        start, at = {}, 0
+        for name in _LEARNT:
+            start[name], at = at, at + sizes[name]
+        at = 0
+        for name in names:
+            out[start[name] : start[name] + sizes[name]] = row[at : at + sizes[name]]
+            at += sizes[name]
+        return out
+    return None
 
 
 # attributes whose FIRST axis is the metric (every other array's last axis is)
