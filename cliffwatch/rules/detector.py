@@ -58,7 +58,7 @@ meaning for a pager::
 
 ``Z_PAGE`` is 5.5: ``-3`` pages on a fall 5.5 sd deep at some scale, and ``-4`` asks for
 7.3 sd. On synthetic noise (50 metrics from 0.2 to 1,000 events/s, burstiness 0 to 0.5,
-30 days) that paged twice in 1,450 judged metric-days, about once per metric every two
+30 days) that paged once in 1,450 judged metric-days, about once per metric every four
 years. A fall builds evidence over several windows, so a busy metric (20/s) crosses
 ``-3`` within a second or two of an outage, and a quiet one (0.3/s) within a minute or
 two: the delay adapts to volume on its own.
