@@ -185,7 +185,7 @@ class Detector:
         self._tail_n = np.zeros((len(SCALES), m))
         self._tail_minutes = np.zeros(m)
         self.tail = np.full((len(SCALES), m), TAIL_P)
-        self.tail_scale = np.ones((len(SCALES), m))
+        self.tail_scale = np.ones((len(SCALES), m))  # from ``tail``: see _tail_scale
         self._noise_minutes = np.zeros(m)
         # the natural floor: the lowest count/normal ratio at each scale, in two half-days
         self._minute_floor = np.full((len(SCALES), m), np.inf)
@@ -317,6 +317,7 @@ class Detector:
             if value.shape != target[..., i].shape:
                 raise ValueError(f"snapshot part {name!r} has shape {value.shape}")
             target[..., i] = value
+        self.tail_scale[:, i] = _tail_scale(self.tail[:, i])
         if self.firing[i]:  # windows must not reach back into the open incident
             self._fire_pos[i] = self._pos
 
@@ -369,6 +370,7 @@ class Detector:
                 target = getattr(self, name)
                 target[..., idx] = np.moveaxis(part.reshape(len(idx), *shape), 0, -1)
             at += size
+        self.tail_scale[:, idx] = _tail_scale(self.tail[:, idx])
         firing = idx[self.firing[idx]]
         self._fire_pos[firing] = self._pos  # windows must not reach back into the incident
 
@@ -692,7 +694,7 @@ class Detector:
             1.0 / (self._tail_minutes + TAIL_PRIOR_MINUTES), 1.0 / TAIL_MEMORY_MINUTES
         )
         self.tail = np.where(got, self.tail + alpha[None, :] * (freq - self.tail), self.tail)
-        self.tail_scale = np.maximum(TAIL_Z / _normal_quantile_z(self.tail), 1.0)
+        self.tail_scale = _tail_scale(self.tail)
         self._tail_hits[:] = 0
         self._tail_n[:] = 0
 
@@ -800,7 +802,6 @@ _LEARNT = (
     "_noise_minutes",
     "_tail_minutes",
     "tail",
-    "tail_scale",
     "_floor_now",
     "_floor_before",
     "floor",
@@ -813,7 +814,7 @@ _LEARNT = (
 
 
 # learnt only since the tail calibration: snapshots saved before it lack them
-_ADDED = frozenset({"_tail_minutes", "tail", "tail_scale"})
+_ADDED = frozenset({"_tail_minutes", "tail"})
 _EARLIER = (tuple(n for n in _LEARNT if n not in _ADDED),)  # earlier packed layouts
 
 
@@ -892,6 +893,13 @@ def _silence_gain() -> np.ndarray:
 
 
 SILENCE_GAIN = _silence_gain()
+
+
+def _tail_scale(tail: np.ndarray) -> np.ndarray:
+    """What a scale's residuals are divided by, from how often they fell below -TAIL_Z
+    (``tail``): ``TAIL_Z / z`` of that frequency, never below 1."""
+    scale: np.ndarray = np.maximum(TAIL_Z / _normal_quantile_z(tail), 1.0)
+    return scale
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
