@@ -85,6 +85,7 @@ alerts.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -360,16 +361,14 @@ class Detector:
         packed = np.asarray(packed, np.uint8)
         if packed.shape != (len(idx), packed_size()):
             raise ValueError(f"packed snapshots have shape {packed.shape}")
-        at = 0
+        parts = _split(packed, _LEARNT)
         for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True):
-            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            part = np.ascontiguousarray(packed[:, at : at + size]).view(dtype)
+            part = np.ascontiguousarray(parts[name]).view(dtype)
             if name.endswith("_t"):
                 getattr(self, name[:-2])[idx] = part.reshape(len(idx), *shape)
             else:
                 target = getattr(self, name)
                 target[..., idx] = np.moveaxis(part.reshape(len(idx), *shape), 0, -1)
-            at += size
         self.tail_scale[:, idx] = _tail_scale(self.tail[:, idx])
         firing = idx[self.firing[idx]]
         self._fire_pos[firing] = self._pos  # windows must not reach back into the incident
@@ -831,11 +830,27 @@ def _packed_layout() -> list[tuple[tuple[int, ...], np.dtype]]:
 _LAYOUT: list[tuple[tuple[int, ...], np.dtype]] = []
 
 
+@functools.cache
 def _part_sizes() -> dict[str, int]:
+    """Bytes of each learnt part of one metric's packed snapshot."""
     return {
         name: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True)
     }
+
+
+def _split(packed: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The parts of packed snapshots (bytes on the last axis) laid out as ``names``."""
+    sizes, parts, at = _part_sizes(), {}, 0
+    for name in names:
+        parts[name], at = packed[..., at : at + sizes[name]], at + sizes[name]
+    return parts
+
+
+@functools.cache
+def _new_metric_parts() -> dict[str, np.ndarray]:
+    """The packed parts of a metric that has learnt nothing yet."""
+    return _split(Detector(1).pack([0])[0], _LEARNT)
 
 
 def packed_size() -> int:
@@ -849,17 +864,9 @@ def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
     as a new metric starts with them; ``None`` if ``row`` has no known layout's size."""
     sizes = _part_sizes()
     for names in _EARLIER:
-        if row.size != sum(sizes[n] for n in names):
-            continue
-        out: np.ndarray = Detector(1).pack([0])[0]
-        start, at = {}, 0
-        for name in _LEARNT:
-            start[name], at = at, at + sizes[name]
-        at = 0
-        for name in names:
-            out[start[name] : start[name] + sizes[name]] = row[at : at + sizes[name]]
-            at += sizes[name]
-        return out
+        if row.size == sum(sizes[n] for n in names):
+            parts = {**_new_metric_parts(), **_split(row, names)}
+            return np.concatenate([parts[n] for n in _LEARNT])
     return None
 
 
