@@ -19,18 +19,24 @@ from cliffwatch.rules.detector import (
     TAIL_P,
     Detector,
     _nb_signed_root,
-    _packed_layout,
+    _split,
 )
 
 T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
 WARMUP = 30
 
 
-def poisson(rate: float, seconds: int, seed: int = 0) -> np.ndarray:
-    """Per-second counts, bursty like real traffic (gamma-mixed per 10 s, cv 0.15)."""
+def bursty(curve: np.ndarray, seed: int, cv: float = 0.15) -> np.ndarray:
+    """Per-second counts at the rates of ``curve``, bursty like real traffic: each
+    10-second block's rate times a gamma multiplier with coefficient of variation ``cv``."""
     rng = np.random.default_rng(seed)
-    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, seconds // 10 + 1), 10)[:seconds]
-    return rng.poisson(rate * burst).astype(float)
+    burst = np.repeat(rng.gamma(1 / cv**2, cv**2, len(curve) // 10 + 1), 10)
+    return rng.poisson(curve * burst[: len(curve)]).astype(float)
+
+
+def poisson(rate: float, seconds: int, seed: int = 0) -> np.ndarray:
+    """Per-second counts at ``rate``, bursty as :func:`bursty` (cv 0.15)."""
+    return bursty(np.full(seconds, rate), seed)
 
 
 def run(series: np.ndarray, threshold: float = -3.0, step: int | None = None) -> list:
@@ -116,9 +122,7 @@ def with_dips(rate: float, minutes: int, dips: list[int], seed: int) -> np.ndarr
         curve[a : a + 60] = np.linspace(rate, 0.05 * rate, 60)
         curve[a + 60 : a + 960] = 0.05 * rate
         curve[a + 960 : a + 1020] = np.linspace(0.05 * rate, rate, 60)
-    rng = np.random.default_rng(seed)
-    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, len(curve) // 10 + 1), 10)
-    return rng.poisson(curve * burst[: len(curve)]).astype(float)
+    return bursty(curve, seed)
 
 
 @pytest.mark.parametrize(("dips", "resolves"), [([40, 100, 150], True), ([], False)])
@@ -151,9 +155,7 @@ def diving(rate: float, minutes: int, seed: int, every_s: int = 600) -> np.ndarr
     curve = np.full(minutes * 60, rate)
     for a in range(300, len(curve) - 15, every_s):
         curve[a : a + 15] = 0.3 * rate
-    rng = np.random.default_rng(seed)
-    burst = np.repeat(rng.gamma(1 / 0.15**2, 0.15**2, len(curve) // 10 + 1), 10)
-    return rng.poisson(curve * burst[: len(curve)]).astype(float)
+    return bursty(curve, seed)
 
 
 def test_a_metric_that_dives_on_its_own_learns_a_heavier_tail() -> None:
@@ -221,9 +223,7 @@ def test_gap_in_the_data_does_not_page() -> None:
 
 def very_bursty(rate: float, seconds: int, seed: int) -> np.ndarray:
     """Counts whose 10-second blocks swing with a coefficient of variation of 0.5."""
-    rng = np.random.default_rng(seed)
-    burst = np.repeat(rng.gamma(4.0, 0.25, seconds // 10 + 1), 10)[:seconds]
-    return rng.poisson(rate * burst).astype(float)
+    return bursty(np.full(seconds, rate), seed, cv=0.5)
 
 
 def test_a_gap_leaves_the_learnt_noise_alone() -> None:
@@ -317,11 +317,7 @@ def test_a_snapshot_saved_before_the_tail_calibration_is_upgraded() -> None:
     back, and the tail starts as a new metric's. A blob of no known layout is ignored."""
     det = Detector(1, warmup_minutes=WARMUP)
     det.update(very_bursty(40, 90 * 60, seed=75)[None], T0)
-    row = det.pack([0])[0]
-    parts, at = {}, 0
-    for name, (shape, dtype) in zip(_LEARNT, _packed_layout(), strict=True):
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        parts[name], at = row[at : at + size], at + size
+    parts = _split(det.pack([0])[0], _LEARNT)
     earlier = np.concatenate([parts[n] for n in _LEARNT if n not in _ADDED])
     blob = snapshots.encode(T0 + 90 * 60, earlier[None], det.recent_counts([0]))[0]
     snap = snapshots.decode("orders.created", blob)
