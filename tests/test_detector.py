@@ -311,6 +311,45 @@ def test_snapshot_restore_and_prime_continue_exactly() -> None:
     assert [t.state for t in ta] == ["firing", "resolved"]
 
 
+def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> None:
+    """A worker takes metrics on by appending a detector lined up with its own
+    (:meth:`Detector.extend`, in place, into spare rows or, when they run out, a larger
+    buffer) and hands them over with :meth:`Detector.take`: either way each metric goes
+    on exactly as it would have in one detector fed everything."""
+    rates = np.linspace(2.0, 60.0, 24)
+    h = np.stack([history(r, minutes=50, seed=90 + i) for i, r in enumerate(rates)])
+    tail = np.stack([poisson(r, 900, seed=130 + i) for i, r in enumerate(rates)])
+    tail[[3, 20], 300:420] = 0.0  # two outages, one in each part
+    whole = Detector(24, warmup_minutes=WARMUP)
+    whole.update(h, T0)
+    running = Detector(4, warmup_minutes=WARMUP)
+    running.update(h[:4], T0)
+    spare = len(running._room["_csum"])
+    for lo, hi in [(4, 6), (6, 24)]:  # the first fits the spare rows, the second does not
+        newcomers = Detector(hi - lo, warmup_minutes=WARMUP)
+        newcomers.align(0)
+        newcomers.update(h[lo:hi], T0)
+        running.extend(newcomers)
+    assert running.n == 24 and spare < 24 <= len(running._room["_csum"])
+    expected = whole.update(tail, T0 + h.shape[1])
+    got = running.update(tail, T0 + h.shape[1])
+    assert [(t.index, t.state, t.at) for t in got] == [
+        (t.index, t.state, t.at) for t in expected
+    ]
+    assert {t.index for t in got if t.state == "firing"} == {3, 20}
+    np.testing.assert_array_equal(running.score, whole.score)
+    np.testing.assert_array_equal(running._csum, whole._csum)
+    kept = running.take([20, 3, 7])
+    more = np.stack([poisson(r, 300, seed=170 + i) for i, r in enumerate(rates)])
+    end = T0 + h.shape[1] + tail.shape[1]
+    whole.update(more, end)
+    kept.update(more[[20, 3, 7]], end)
+    np.testing.assert_array_equal(kept.score, whole.score[[20, 3, 7]])
+    np.testing.assert_array_equal(kept.baseline, whole.baseline[[20, 3, 7]])
+    with pytest.raises(ValueError, match="cannot join"):
+        kept.extend(Detector(1, warmup_minutes=WARMUP))
+
+
 def test_a_snapshot_saved_before_the_tail_calibration_is_upgraded() -> None:
     """A snapshot in the earlier layout (without the tail's parts) is read, not thrown
     away, so an upgrade does not send every metric back to warming up: all it held comes

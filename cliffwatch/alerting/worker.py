@@ -659,7 +659,7 @@ class Worker:
             self._reconcile(sub, names, at)
         except LostShard as exc:
             log.warning("%s", exc)  # dropped on the next tick
-        self.detector = main.join(sub)
+        main.extend(sub)
         self.metrics = [*self.metrics, *names]
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
 

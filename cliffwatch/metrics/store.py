@@ -109,6 +109,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _text_hash(raw: Any) -> dict[str, str]:
+    """An HGETALL reply as text: a dict (RESP3, or a client's callback) or the flat
+    ``[field, value, ...]`` list of RESP2."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {_text(k): _text(v) for k, v in pairs}
+
+
 class Store:
     """Per-second counts, alert state and detector snapshots of metrics, in one Redis.
 
@@ -479,12 +486,13 @@ class Store:
         trip. Raises ``StoreError``."""
         if not metrics:
             return []
+        replies: list[Any] = []
         with self._errors("reading states"):
-            pipe = self.client.pipeline(transaction=False)
-            for metric in metrics:
-                pipe.hgetall(self.keys.state(metric))
-            replies = pipe.execute()
-        return [{_text(k): _text(v) for k, v in raw.items()} for raw in replies]
+            for lo in range(0, len(metrics), _BATCH):
+                replies += self._round_trip(
+                    [("HGETALL", self.keys.state(m)) for m in metrics[lo : lo + _BATCH]]
+                )
+        return [_text_hash(raw) for raw in replies]
 
     def silences(self) -> dict[str, str]:
         """Every stored silence: id -> its JSON text. Raises ``StoreError``."""

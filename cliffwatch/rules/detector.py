@@ -164,8 +164,11 @@ class Detector:
         self.next_second: int | None = None  # the epoch second the next count belongs to
         # running sums of counts and of seconds with data, in a ring of HISTORY_S seconds,
         # indexed by position (seconds fed since the start)
-        self._csum = np.zeros((m, HISTORY_S))
-        self._cvalid = np.zeros((m, HISTORY_S))
+        # (the arrays whose first axis is the metric are the leading rows of buffers
+        # with room for more metrics, see _ROWS_FIRST and extend)
+        self._room: dict[str, np.ndarray] = {}
+        self._csum = self._rows("_csum", (HISTORY_S,), np.float64, 0.0)
+        self._cvalid = self._rows("_cvalid", (HISTORY_S,), np.float64, 0.0)
         self._pos = 0
         self._clear_pos = np.zeros(m, np.int64)  # windows start at or after this position
         # the minute being filled
@@ -174,11 +177,11 @@ class Detector:
         self._noise_sum = np.zeros((len(SCALES), m))
         self._noise_n = np.zeros((len(SCALES), m))
         # per-minute rates (NaN: no data or inside an incident), by epoch minute
-        self._minutes = np.full((m, RING_MINUTES), np.nan, np.float32)
+        self._minutes = self._rows("_minutes", (RING_MINUTES,), np.float32, np.nan)
         self.minutes_seen = np.zeros(m, np.int64)
         # events and seconds with data of each recent minute (incidents included)
-        self._mcount = np.zeros((m, MINUTE_RING))
-        self._mvalid = np.zeros((m, MINUTE_RING))
+        self._mcount = self._rows("_mcount", (MINUTE_RING,), np.float64, 0.0)
+        self._mvalid = self._rows("_mvalid", (MINUTE_RING,), np.float64, 0.0)
         self._mstart_pos = 0  # position of the first second of the current minute
         self._minute_now = 0  # and that minute (epoch minutes)
         self.excess = np.full((len(SCALES), m), PRIOR_EXCESS)
@@ -382,17 +385,28 @@ class Detector:
         """A detector of the metrics at ``rows`` only (in that order), with everything
         they learnt and their recent seconds: it goes on as this one would for them."""
         out = copy.copy(self)
+        out._room = {}
         idx = np.asarray(rows, np.int64)
         for name, value in vars(self).items():
-            if isinstance(value, np.ndarray):
-                setattr(out, name, np.take(value, idx, axis=_metric_axis(name)))
+            if not isinstance(value, np.ndarray):
+                continue
+            if name in _ROWS_FIRST:
+                part = out._rows(name, value.shape[1:], value.dtype, None, len(idx))
+                np.take(value, idx, axis=0, out=part)
+            else:
+                part = np.take(value, idx, axis=-1)
+            setattr(out, name, part)
         out.n = len(idx)
         return out
 
-    def join(self, other: Detector) -> Detector:
-        """One detector of this one's metrics followed by ``other``'s. Both must be at
-        the same second and position (``other`` built to line up with this one, see
-        :meth:`align`); raises ``ValueError`` otherwise."""
+    def extend(self, other: Detector) -> None:
+        """Append ``other``'s metrics to this detector's, in place. Both must be at the
+        same second and position (``other`` built to line up with this one, see
+        :meth:`align`); raises ``ValueError`` otherwise.
+
+        The large per-metric arrays (the per-second ring, the 3-day minute ring) keep
+        spare rows, allocated but never written until used, so taking metrics on copies
+        only the newcomers' rows; they grow by half when full."""
         if (other.next_second, other._pos, other.warmup_minutes) != (
             self.next_second,
             self._pos,
@@ -402,18 +416,44 @@ class Detector:
                 f"cannot join detectors at second {self.next_second} position {self._pos} "
                 f"and second {other.next_second} position {other._pos}"
             )
-        out = copy.copy(self)
-        for name, value in vars(self).items():
-            if isinstance(value, np.ndarray):
-                axis = _metric_axis(name)
-                setattr(out, name, np.concatenate([value, getattr(other, name)], axis=axis))
-        out.n = self.n + other.n
-        return out
+        n, total = self.n, self.n + other.n
+        for name, value in list(vars(self).items()):
+            if not isinstance(value, np.ndarray):
+                continue
+            if name in _ROWS_FIRST:
+                buf = self._room[name]
+                if len(buf) < total:  # full: move to a larger buffer
+                    self._rows(name, value.shape[1:], value.dtype, None, total)[:n] = value
+                    buf = self._room[name]
+                buf[n:total] = getattr(other, name)
+                setattr(self, name, buf[:total])
+            else:
+                setattr(self, name, np.concatenate([value, getattr(other, name)], axis=-1))
+        self.n = total
+
+    def _rows(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: type | np.dtype,
+        fill: float | None,
+        n: int | None = None,
+    ) -> np.ndarray:
+        """A new ``(n, *shape)`` array (``n``: this detector's metrics), filled with
+        ``fill`` unless ``None``: the leading rows of a buffer kept in ``_room[name]``
+        with room for half as many again (memory the system hands out only once
+        written)."""
+        n = self.n if n is None else n
+        buf = np.empty((n + max(n // 2, 16), *shape), dtype)
+        self._room[name] = buf
+        if fill is not None:
+            buf[:n] = fill
+        return buf[:n]
 
     def renumber(self, rings: int) -> None:
         """Count positions ``rings * HISTORY_S`` higher (the ring of running sums stays
         as it is), so a detector with a longer history than this one's can be aligned
-        and joined to it. Nothing it computes changes."""
+        and appended to it (:meth:`extend`). Nothing it computes changes."""
         k = int(rings) * HISTORY_S
         self._pos += k
         self._mstart_pos += k
@@ -422,8 +462,9 @@ class Detector:
 
     def align(self, pos: int) -> None:
         """Start counting positions at ``pos`` (before anything is fed), so that after as
-        many seconds as another detector has fed since its own position ``pos`` the two
-        can be joined. Raises ``ValueError`` once seconds were fed or for ``pos < 0``."""
+        many seconds as another detector has fed since its own position ``pos`` this one
+        can be appended to it (:meth:`extend`). Raises ``ValueError`` once seconds were
+        fed or for ``pos < 0``."""
         if self._pos or self.next_second is not None or pos < 0:
             raise ValueError(f"align({pos}) only on a fresh detector, with pos >= 0")
         self._pos = pos
@@ -870,12 +911,9 @@ def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
     return None
 
 
-# attributes whose FIRST axis is the metric (every other array's last axis is)
+# attributes whose FIRST axis is the metric (every other array's last axis is): the
+# large ones, kept as the leading rows of a buffer with spare rows (Detector.extend)
 _ROWS_FIRST = frozenset({"_csum", "_cvalid", "_minutes", "_mcount", "_mvalid"})
-
-
-def _metric_axis(name: str) -> int:
-    return 0 if name in _ROWS_FIRST else -1
 
 
 _Z_GRID = np.linspace(0.5, 8.0, 600)
