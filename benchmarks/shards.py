@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="ticks recorded")
     parser.add_argument("--after", type=float, default=30.0, help="ticks recorded after kill")
     parser.add_argument("--templates", type=int, default=256)
+    parser.add_argument("--logs", type=Path, help="copy the workers' logs to this directory")
     parser.add_argument("--traffic", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.traffic:
@@ -271,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=10)
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("worker*.log"):
+                shutil.copy(log, args.logs / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -303,7 +308,7 @@ def run(
     for k in range(w):
         log = open(tmp / f"worker{k}.log", "w")  # noqa: SIM115 (lives as long as the run)
         procs[f"worker{k}"] = subprocess.Popen(
-            [str(CLIFFWATCH), "worker", "--rules", str(rules), "--redis-url", url, "--prefix",
+            [str(CLIFFWATCH), "-v", "worker", "--rules", str(rules), "--redis-url", url, "--prefix",
              prefix, "--warmup", str(WARMUP)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip

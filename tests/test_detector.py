@@ -350,6 +350,27 @@ def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> 
         kept.extend(Detector(1, warmup_minutes=WARMUP))
 
 
+def test_seconds_fed_unjudged_are_kept_but_not_decided_on() -> None:
+    """Seconds another worker already judged are fed with ``judge=False``: an outage
+    among them gives no transition (it was that worker's to page), and quiet ones fill
+    the per-minute rates and the windows as usual, so an outage right after them pages
+    and resolves at the same seconds as in a detector that judged everything."""
+    h = history(30, minutes=50, seed=60)
+    later = poisson(30, 400, seed=61)
+    later[200:260] = 0.0  # after the hand-over
+    at = T0 + len(h)
+    whole, taken, other = (Detector(1, warmup_minutes=WARMUP) for _ in range(3))
+    for det in (whole, taken, other):
+        det.update(h[None], at - len(h))
+    expected = whole.update(later[None], at)
+    assert [t.state for t in expected] == ["firing", "resolved"]
+    assert taken.update(later[None, :150], at, judge=False) == []
+    got = taken.update(later[None, 150:], at + 150)
+    assert [(t.state, t.at) for t in got] == [(t.state, t.at) for t in expected]
+    np.testing.assert_array_equal(taken.minute_rates(0, 60), whole.minute_rates(0, 60))
+    assert other.update(later[None, 150:], at + 150, judge=False) == []
+
+
 def test_a_snapshot_saved_before_the_tail_calibration_is_upgraded() -> None:
     """A snapshot in the earlier layout (without the tail's parts) is read, not thrown
     away, so an upgrade does not send every metric back to warming up: all it held comes

@@ -51,8 +51,9 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from types import FrameType
 
 import numpy as np
@@ -215,6 +216,8 @@ class Worker:
         self._saving: Future[None] | None = None
         self._ticks = 0
         self._last_gain: tuple[int, float] | None = None
+        self._phases: dict[str, float] = {}  # seconds per phase of the last _gain
+        self._loaded: dict[str, snapshots.Snapshot | None] = {}  # read by a refused _gain
         self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
 
     def _use_shards(self, shards: ShardMap) -> None:
@@ -506,7 +509,7 @@ class Worker:
         back = [(i, s) for i, s in back if s is not None and s.at == base]
         snapshots.restore(det, [i for i, _ in back], [s for _, s in back if s is not None])
         restored = bool(kept or back)
-        self._restore_incidents(det, names)
+        self._restore_incidents(det, self.store.get_states(names))
         acting = self._deciding
         if restored:
             hist_start = base - HISTORY_S
@@ -605,26 +608,54 @@ class Worker:
         if at is None or not self.metrics:
             self._watch([*self.metrics, *names], end)
             return True
-        snaps = snapshots.load(self.store, names)
+        self._phases = {}
+        # kept while refused below, so the next tick's try reads only what it lacks
+        loaded = {m: self._loaded[m] for m in names if m in self._loaded}
+        missing = [m for m in names if m not in loaded]
+        with self._phase("load"):
+            loaded.update(zip(missing, snapshots.load(self.store, missing), strict=True))
+        self._loaded = loaded
+        snaps = [loaded[m] for m in names]
         if any(s is not None and s.at > at for s in snaps):
             return False  # saved after the second this worker is at: on the next tick
-        groups: dict[int | None, list[int]] = {}
+        self._loaded = {}
+        with self._phase("restore"):
+            states = self.store.get_states(names)
+        # by the minute the snapshot was saved at, and whether a metric's incident opened
+        # or closed in the seconds its windows will reach over (those are judged again
+        # from the snapshot on, so their windows leave the incident out as before)
+        groups: dict[tuple[int | None, bool], list[int]] = {}
         for i, snap in enumerate(snaps):
-            groups.setdefault(None if snap is None else snap.at, []).append(i)
-        order = sorted(groups, key=lambda b: (b is None, b or 0))
-        for base in order:
-            rows = groups[base]
-            self._gain_group([names[i] for i in rows], [snaps[i] for i in rows], base)
+            base = None if snap is None else snap.at
+            quiet = base is not None and _quiet_since(states[i], base - HISTORY_S)
+            groups.setdefault((base, quiet), []).append(i)
+        for base, quiet in sorted(groups, key=lambda g: (g[0] is None, g[0] or 0, g[1])):
+            rows = groups[base, quiet]
+            self._gain_group(
+                [names[i] for i in rows],
+                [snaps[i] for i in rows],
+                [states[i] for i in rows],
+                base,
+                quiet,
+            )
         self._last_gain = (len(names), round(time.perf_counter() - began, 3))
-        log.info("took on %d metrics in %.2f s", *self._last_gain)
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in self._phases.items())
+        log.info("took on %d metrics in %.2f s (%s s)", *self._last_gain, parts)
         self._say_share()
         return True
 
     def _gain_group(
-        self, names: list[str], snaps: Sequence[snapshots.Snapshot | None], base: int | None
+        self,
+        names: list[str],
+        snaps: Sequence[snapshots.Snapshot | None],
+        states: Sequence[dict[str, str]],
+        base: int | None,
+        quiet: bool,
     ) -> None:
         """:meth:`_gain` for metrics whose snapshots were all saved at second ``base``
-        (``None``: metrics without one, which learn from the history Redis has)."""
+        (``None``: metrics without one, which learn from the history Redis has), with
+        their alert ``states``. ``quiet``: no incident of theirs opened or closed lately,
+        so the seconds since ``base`` that their last judge judged are only fed."""
         main, at = self.detector, self.detector.next_second
         assert at is not None
         rules = [self.rules.match(m) for m in names]
@@ -645,23 +676,43 @@ class Worker:
             pos = main.position - (at - hist_start)
         sub.align(pos)
         kept = [s for s in snaps if s is not None]
-        if kept:
-            snapshots.restore(sub, range(len(names)), kept)
-        self._restore_incidents(sub, names)
-        if kept:
-            recent = [(i, s.recent) for i, s in enumerate(kept) if s.recent is not None]
-            self._prime(sub, names, hist_start, base, recent)
-        else:
-            sub.update(self.store.read_counts(names, hist_start, base), hist_start)
-        if at > base:
-            sub.update(self.store.read_counts(names, base, at), base)
-        try:
-            self._reconcile(sub, names, at)
-        except LostShard as exc:
-            log.warning("%s", exc)  # dropped on the next tick
-        main.extend(sub)
+        with self._phase("restore"):
+            if kept:
+                snapshots.restore(sub, range(len(names)), kept)
+            self._restore_incidents(sub, states)
+        with self._phase("history"):
+            if kept:
+                recent = [(i, s.recent) for i, s in enumerate(kept) if s.recent is not None]
+                self._prime(sub, names, hist_start, base, recent)
+            else:
+                sub.update(self.store.read_counts(names, hist_start, base), hist_start)
+        with self._phase("catch-up"):
+            # the seconds the last holder judged (its last status says up to where)
+            # are only fed; the rest are judged
+            judged_to = min(at, max(base, _judged_to(states))) if quiet else base
+            if judged_to > base:
+                sub.update(self.store.read_counts(names, base, judged_to), base, judge=False)
+            if at > judged_to:
+                sub.update(self.store.read_counts(names, judged_to, at), judged_to)
+        with self._phase("reconcile"):
+            try:
+                self._reconcile(sub, names, at)
+            except LostShard as exc:
+                log.warning("%s", exc)  # dropped on the next tick
+        with self._phase("extend"):
+            main.extend(sub)
         self.metrics = [*self.metrics, *names]
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the time spent inside to phase ``name`` of the metrics being taken on
+        (logged with the total)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phases[name] = self._phases.get(name, 0.0) + time.perf_counter() - began
 
     def _hand_over(self, at: int) -> None:
         """At a whole minute: save the snapshots of the metrics of held shards now
@@ -754,8 +805,10 @@ class Worker:
             self._acting = False  # Redis away: take over on a later tick
             raise
 
-    def _restore_incidents(self, det: Detector, names: Sequence[str]) -> None:
-        for i, st in enumerate(self.store.get_states(names)):
+    def _restore_incidents(self, det: Detector, states: Sequence[dict[str, str]]) -> None:
+        """Mark the metrics whose alert state (``states``, in row order) has an open
+        incident as firing."""
+        for i, st in enumerate(states):
             if st.get("state") == "firing":
                 det.firing[i] = True
                 det.frozen[i] = float(st.get("baseline", "nan"))
@@ -908,6 +961,25 @@ class Worker:
             alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
             if alert is not None:
                 out.append(alert)
+
+
+def _quiet_since(state: dict[str, str], since: int) -> bool:
+    """Whether the metric's incident (if any) neither opened nor closed at or after
+    epoch second ``since``, by its alert ``state``."""
+    try:
+        last = max(int(state.get("started_at") or 0), int(state.get("resolved_at") or 0))
+    except ValueError:
+        return False
+    return last < since
+
+
+def _judged_to(states: Sequence[dict[str, str]]) -> int:
+    """The second up to which every one of these metrics has been judged, by the status
+    each one's judge last wrote (see :meth:`Worker.write_status`); 0 if one has none."""
+    try:
+        return min((int(st["status_at"]) for st in states), default=0)
+    except (KeyError, ValueError):
+        return 0
 
 
 def _where_alerts_go(rules: RuleSet) -> tuple[object, ...]:

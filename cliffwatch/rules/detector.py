@@ -269,8 +269,13 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(valid > 0, count / valid, np.nan)
 
-    def update(self, counts: np.ndarray, start: int) -> list[Transition]:
-        """Feed ``counts[:, j]`` for epoch second ``start + j``; return the transitions."""
+    def update(self, counts: np.ndarray, start: int, judge: bool = True) -> list[Transition]:
+        """Feed ``counts[:, j]`` for epoch second ``start + j``; return the transitions.
+
+        ``judge=False`` is for seconds already judged elsewhere (by the worker that held
+        these metrics before): they are stored and go into the per-minute rates and the
+        daily cycle as usual, but are not scored, learnt from (noise, tail, natural
+        floor) or decided on, which makes them far cheaper to feed."""
         counts = np.asarray(counts, float)
         if counts.ndim != 2 or counts.shape[0] != self.n:
             raise ValueError(f"counts must have shape ({self.n}, seconds), got {counts.shape}")
@@ -281,8 +286,8 @@ class Detector:
             start = self.next_second
         out: list[Transition] = []
         if start > self.next_second:  # a jump: the missing seconds are no data
-            out += self._feed(np.full((self.n, start - self.next_second), np.nan))
-        out += self._feed(counts)
+            out += self._feed(np.full((self.n, start - self.next_second), np.nan), judge)
+        out += self._feed(counts, judge)
         return out
 
     def prime(self, counts: np.ndarray, start: int) -> None:
@@ -473,20 +478,21 @@ class Detector:
 
     # -- internals --------------------------------------------------------------
 
-    def _feed(self, counts: np.ndarray) -> list[Transition]:
+    def _feed(self, counts: np.ndarray, judge: bool = True) -> list[Transition]:
         out: list[Transition] = []
         assert self.next_second is not None
         j, total = 0, counts.shape[1]
         while j < total:
             take = min(60 - self.next_second % 60, total - j)
-            out += self._chunk(counts[:, j : j + take])
+            out += self._chunk(counts[:, j : j + take], judge)
             j += take
             if self.next_second % 60 == 0:
                 self._close_minute(self.next_second // 60 - 1)
         return out
 
-    def _chunk(self, x: np.ndarray) -> list[Transition]:
-        """Seconds within one minute: store them, score them, learn from them, decide."""
+    def _chunk(self, x: np.ndarray, judge: bool = True) -> list[Transition]:
+        """Seconds within one minute: store them and (``judge``) score them, learn from
+        them and decide."""
         m, n = x.shape
         assert self.next_second is not None
         start = self.next_second
@@ -506,6 +512,8 @@ class Detector:
         self.next_second = start + n
         self._minute_sum += xz.sum(axis=1)
         self._minute_valid += valid.sum(axis=1)
+        if not judge:
+            return []
 
         # score, learn and decide second by second in effect: up to the next transition
         # everything is vectorized; after one, the rest of the chunk is scored again
