@@ -45,6 +45,7 @@ through the leader lease on its own). With a :class:`~.selfmetrics.WorkerMetrics
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -92,6 +93,7 @@ STATUS_EVERY_S = 5
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
 HEARTBEAT_TTL_S = 10.0
 """The heartbeat key expires this long after the last tick: then nobody is ticking."""
+SLOW_TICK_S = 1.0  # a tick longer than this logs where its time went
 
 
 def build_notifiers(rules: RuleSet) -> dict[str, Notifier]:
@@ -217,6 +219,7 @@ class Worker:
         self._ticks = 0
         self._last_gain: tuple[int, float] | None = None
         self._phases: dict[str, float] = {}  # seconds per phase of the last _gain
+        self._tick_phases: dict[str, float] = {}  # and of the last tick
         self._loaded: dict[str, snapshots.Snapshot | None] = {}  # read by a refused _gain
         self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
 
@@ -250,6 +253,10 @@ class Worker:
         now = self.clock() if now is None else now
         started = time.perf_counter()
         alerts = self._tick(now)
+        took = time.perf_counter() - started
+        if took > SLOW_TICK_S:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in self._tick_phases.items() if v >= 0.01)
+            log.info("slow tick: %.2f s (%s s)", took, parts)
         if self.shards is not None:
             self._ticks += 1
             self._recent_ticks.append((self._ticks, round(time.perf_counter() - started, 4)))
@@ -291,17 +298,21 @@ class Worker:
             self._leader_silent = True
 
     def _tick(self, now: float) -> list[Alert]:
+        self._tick_phases = {}
+        phase = functools.partial(self._phase, into=self._tick_phases)
         end = self._closed_end(now)  # seconds before this are judged
         alerts: list[Alert] = []
         if self._reload.is_set():
             self._reload.clear()
             self.reload_rules(now)
         if now - self._last_rescan >= RESCAN_EVERY_S:
-            self._rescan(now)
+            with phase("rescan"):
+                self._rescan(now)
         self._follow_leader()
         if self._acting:
             self.quiet.flush(now)  # the quiet-hours digest, once the window is over
-        self._follow_shards(end)
+        with phase("shards"):
+            self._follow_shards(end)
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
@@ -309,19 +320,26 @@ class Worker:
         if self.shards is not None:  # stop at each whole minute, to hand over and snapshot
             end = min(end, start - start % 60 + 60)
         if end > start:
-            counts = self.store.read_counts(self.metrics, start, end)
-            alerts += self._apply(self.detector.update(counts, start))
+            with phase("read"):
+                counts = self.store.read_counts(self.metrics, start, end)
+            with phase("judge"):
+                alerts += self._apply(self.detector.update(counts, start))
         if end % 60 == 0:
-            self._hand_over(end)
-        self._remind(end)
-        self.incidents.retry_pending(self.metrics)
+            with phase("hand-over"):
+                self._hand_over(end)
+        with phase("incidents"):
+            self._remind(end)
+            self.incidents.retry_pending(self.metrics)
         if self._deciding:  # a follower decides nothing
-            alerts += self._check_blind(now, end)
+            with phase("no-data"):
+                alerts += self._check_blind(now, end)
         every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
         if end % 60 == 0 and now - self._last_snapshot >= every - 1 and self._deciding:
-            self.save_snapshots(end)
+            with phase("snapshot"):
+                self.save_snapshots(end)
         if now - self._last_status >= STATUS_EVERY_S and self._deciding:
-            self.write_status(end)
+            with phase("status"):
+                self.write_status(end)
             self._last_status = now
         return alerts
 
@@ -705,14 +723,15 @@ class Worker:
         self.rule_of = [*self.rule_of, *(r for r in rules if r)]
 
     @contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        """Add the time spent inside to phase ``name`` of the metrics being taken on
-        (logged with the total)."""
+    def _phase(self, name: str, into: dict[str, float] | None = None) -> Iterator[None]:
+        """Add the time spent inside to phase ``name`` in ``into`` (default: of the
+        metrics being taken on)."""
+        into = self._phases if into is None else into
         began = time.perf_counter()
         try:
             yield
         finally:
-            self._phases[name] = self._phases.get(name, 0.0) + time.perf_counter() - began
+            into[name] = into.get(name, 0.0) + time.perf_counter() - began
 
     def _hand_over(self, at: int) -> None:
         """At a whole minute: save the snapshots of the metrics of held shards now

@@ -298,12 +298,7 @@ class Detector:
         self.next_second = start
         valid = ~np.isnan(counts)
         n = counts.shape[1]
-        last = (self._pos - 1) % HISTORY_S
-        prev_c = self._csum[:, last] if self._pos else np.zeros(self.n)
-        prev_v = self._cvalid[:, last] if self._pos else np.zeros(self.n)
-        idx = (self._pos + np.arange(n)) % HISTORY_S
-        self._csum[:, idx] = prev_c[:, None] + np.cumsum(np.where(valid, counts, 0.0), axis=1)
-        self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        self._store(np.where(valid, counts, 0.0), valid)
         self._note_data(valid, start)
         self._pos += n
         self.next_second = start + n
@@ -498,12 +493,7 @@ class Detector:
         start = self.next_second
         valid = ~np.isnan(x)
         xz = np.where(valid, x, 0.0)
-        last = (self._pos - 1) % HISTORY_S
-        prev_c = self._csum[:, last] if self._pos else np.zeros(m)
-        prev_v = self._cvalid[:, last] if self._pos else np.zeros(m)
-        idx = (self._pos + np.arange(n)) % HISTORY_S
-        self._csum[:, idx] = prev_c[:, None] + np.cumsum(xz, axis=1)
-        self._cvalid[:, idx] = prev_v[:, None] + np.cumsum(valid, axis=1)
+        self._store(xz, valid)
         self._note_data(valid, start)
         pos0 = self._pos
         self._mstart_pos = pos0 - start % 60
@@ -537,6 +527,20 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
+
+    def _store(self, counts: np.ndarray, valid: np.ndarray) -> None:
+        """Add the running sums of ``counts`` (no data as 0) and of ``valid`` for the
+        seconds from position ``_pos`` on to the ring (the last HISTORY_S of them)."""
+        n = counts.shape[1]
+        for ring, add in ((self._csum, counts), (self._cvalid, valid)):
+            sums = np.cumsum(add, axis=1, dtype=np.float64)
+            if self._pos:
+                sums += ring[:, (self._pos - 1) % HISTORY_S, None]
+            skip = max(0, n - HISTORY_S)  # overwritten within this call anyway
+            first = (self._pos + skip) % HISTORY_S
+            wrap = max(0, first + n - skip - HISTORY_S)
+            ring[:, first : first + n - skip - wrap] = sums[:, skip : n - wrap]
+            ring[:, :wrap] = sums[:, n - wrap :]
 
     def _note_data(self, valid: np.ndarray, start: int) -> None:
         """Move :attr:`last_data` to the newest second with data among ``valid``
