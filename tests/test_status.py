@@ -27,6 +27,7 @@ from cliffwatch.alerting.status import (
     sparkline,
     watch,
 )
+from cliffwatch.alerting import worker as worker_module
 from cliffwatch.alerting.worker import Worker
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import parse_rules
@@ -266,3 +267,30 @@ def test_status_says_whether_a_worker_is_ticking(
     store.client.delete(store.keys.heartbeat)  # what its expiry does
     gone = render(collect(store, now=clock.now + 30))  # the last tick was at clock.now
     assert "worker: NOT TICKING (last tick 29s ago)" in gone, gone
+
+
+def test_a_large_share_writes_its_statuses_a_part_per_tick(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From STATUS_SPREAD_FROM metrics on, no tick writes every status: each tick writes
+    every fifth metric's in turn, so within five ticks each metric's is written once."""
+    monkeypatch.setattr(worker_module, "STATUS_SPREAD_FROM", 10)
+    names = [f"shop.m{i:02d}" for i in range(20)]
+    start = int(clock.now)
+    rng = np.random.default_rng(3)
+    store.write_counts(
+        {start - k: {m: int(rng.poisson(RATE)) for m in names} for k in range(1, 40 * 60 + 1)}
+    )
+    rules = parse_rules('[[rule]]\nmetric = "shop.*"\n', "<status rules>", env={})
+    worker = Worker(store, rules, notifiers={}, clock=clock, warmup_minutes=30)
+    worker.start()
+    written: list[set[str]] = []
+    for _ in range(worker_module.STATUS_EVERY_S):
+        before = {m: st.get("status_at") for m, st in zip(names, store.get_states(names))}
+        store.write_counts({int(clock.now): dict.fromkeys(names, RATE)})
+        clock.advance(1.0)
+        worker.tick()
+        after = store.get_states(names)
+        written.append({m for m, st in zip(names, after) if st.get("status_at") != before[m]})
+    assert [len(w) for w in written] == [4] * 5
+    assert set().union(*written) == set(names)

@@ -90,6 +90,7 @@ carries on instead of learning them again."""
 metrics are taken over from at most a minute back."""
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
 STATUS_EVERY_S = 5
+STATUS_SPREAD_FROM = 5_000  # from this many metrics on, statuses are written in parts
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
 HEARTBEAT_TTL_S = 10.0
 """The heartbeat key expires this long after the last tick: then nobody is ticking."""
@@ -212,6 +213,7 @@ class Worker:
         self._last_rescan = -math.inf
         self._last_snapshot = -math.inf
         self._last_status = -math.inf
+        self._status_turn = 0  # which part of a large share's statuses is written next
         # In the live loop (run), the minute's snapshots are compressed and written by
         # one background thread, so a whole-minute tick is not held up by them.
         self._saver: ThreadPoolExecutor | None = None
@@ -337,11 +339,22 @@ class Worker:
         if end % 60 == 0 and now - self._last_snapshot >= every - 1 and self._deciding:
             with phase("snapshot"):
                 self.save_snapshots(end)
-        if now - self._last_status >= STATUS_EVERY_S and self._deciding:
+        if self._deciding:
             with phase("status"):
-                self.write_status(end)
-            self._last_status = now
+                self._write_statuses(now, end)
         return alerts
+
+    def _write_statuses(self, now: float, end: int) -> None:
+        """Every STATUS_EVERY_S: write every judged metric's status; from
+        STATUS_SPREAD_FROM metrics on, a tick writes every STATUS_EVERY_S-th of them
+        in turn instead, so no tick carries them all."""
+        rows = self._judged_rows()
+        if len(rows) >= STATUS_SPREAD_FROM:
+            self._status_turn = (self._status_turn + 1) % STATUS_EVERY_S
+            self.write_status(end, rows[self._status_turn :: STATUS_EVERY_S])
+        elif now - self._last_status >= STATUS_EVERY_S:
+            self.write_status(end, rows)
+            self._last_status = now
 
     def _closed_end(self, now: float) -> int:
         """The first second not to judge yet: every earlier one has been flushed by each
@@ -881,13 +894,14 @@ class Worker:
         self._saved()  # never overwritten by an older one still being written
         snapshots.save(self.store, self.detector, names, rows, at)
 
-    def write_status(self, at: int) -> None:
-        """Publish each metric's figures for ``cliffwatch status``."""
+    def write_status(self, at: int, rows: Sequence[int] | None = None) -> None:
+        """Publish the figures of the metrics at ``rows`` (default: every one judged
+        here) for ``cliffwatch status``, as of second ``at``."""
         det = self.detector
         judged = det.judged()
         judge = {} if self.shards is None else {"judged_by": self.shards.token}
         states = {}
-        for i in self._judged_rows():
+        for i in self._judged_rows() if rows is None else rows:
             m = self.metrics[i]
             if det.firing[i]:
                 phase = "firing"
