@@ -325,8 +325,10 @@ def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> 
     running = Detector(4, warmup_minutes=WARMUP)
     running.update(h[:4], T0)
     spare = len(running._room["_csum"])
-    for lo, hi in [(4, 6), (6, 24)]:  # the first fits the spare rows, the second does not
-        newcomers = Detector(hi - lo, warmup_minutes=WARMUP)
+    # the first fits the spare rows, the second does not; the last are built in the
+    # running detector's spare rows
+    for lo, hi, host in [(4, 6, None), (6, 20, None), (20, 24, running)]:
+        newcomers = Detector(hi - lo, warmup_minutes=WARMUP, host=host)
         newcomers.align(0)
         newcomers.update(h[lo:hi], T0)
         running.extend(newcomers)

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import FakeClock
 
+from cliffwatch.alerting import worker as worker_module
 from cliffwatch.alerting.cli import main
 from cliffwatch.alerting.silences import Silences
 from cliffwatch.alerting.status import (
@@ -27,7 +28,6 @@ from cliffwatch.alerting.status import (
     sparkline,
     watch,
 )
-from cliffwatch.alerting import worker as worker_module
 from cliffwatch.alerting.worker import Worker
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import parse_rules
@@ -286,11 +286,13 @@ def test_a_large_share_writes_its_statuses_a_part_per_tick(
     worker.start()
     written: list[set[str]] = []
     for _ in range(worker_module.STATUS_EVERY_S):
-        before = {m: st.get("status_at") for m, st in zip(names, store.get_states(names))}
+        states = zip(names, store.get_states(names), strict=True)
+        before = {m: st.get("status_at") for m, st in states}
         store.write_counts({int(clock.now): dict.fromkeys(names, RATE)})
         clock.advance(1.0)
         worker.tick()
         after = store.get_states(names)
-        written.append({m for m, st in zip(names, after) if st.get("status_at") != before[m]})
+        changed = zip(names, after, strict=True)
+        written.append({m for m, st in changed if st.get("status_at") != before[m]})
     assert [len(w) for w in written] == [4] * 5
     assert set().union(*written) == set(names)

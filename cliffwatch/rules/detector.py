@@ -155,9 +155,15 @@ class Detector:
         thresholds: Sequence[float] | float = -3.0,
         min_rates: Sequence[float] | float = 0.0,
         warmup_minutes: int = WARMUP_MINUTES,
+        *,
+        host: Detector | None = None,
     ) -> None:
         m = n_metrics
         self.n = m
+        # host: the detector these metrics are to be appended to (extend); the large
+        # arrays are then its spare rows, written in place, so extend copies none of them
+        self._host = host
+        self._host_at = 0 if host is None else host._reserve(m)
         self.thresholds = np.broadcast_to(np.asarray(thresholds, float), (m,)).copy()
         self.min_rates = np.broadcast_to(np.asarray(min_rates, float), (m,)).copy()
         self.warmup_minutes = warmup_minutes
@@ -346,16 +352,23 @@ class Detector:
         fed): what :meth:`prime` needs to go on from here in another process."""
         idx = np.asarray(rows, np.int64)
         positions = np.arange(self._pos - RECENT_S, self._pos)
-        cur, prev = positions % HISTORY_S, (positions - 1) % HISTORY_S
         known = positions >= max(1, self._pos - HISTORY_S + 1)
-        c, v = self._csum[idx], self._cvalid[idx]
-        counts = c[:, cur] - c[:, prev]
-        valid = (v[:, cur] - v[:, prev] > 0.5) & known[None, :]
-        if self._pos >= 1:  # the very first second fed has no earlier sum to subtract
-            first = positions == 0
-            counts[:, first] = c[:, [0]]
-            valid[:, first] = v[:, [0]] > 0.5
-        return np.where(valid, counts, np.nan).astype(np.float32)
+        first = np.flatnonzero(positions == 0)  # the very first second fed: no sum before
+        oldest = self._pos % HISTORY_S  # the ring's cell of position _pos - HISTORY_S
+        out = np.empty((len(idx), RECENT_S), np.float32)
+        for lo in range(0, len(idx), _GATHER_ROWS):
+            part = idx[lo : lo + _GATHER_ROWS]
+            sums = []
+            for ring in (self._csum, self._cvalid):  # each row oldest position first
+                r = ring[part]
+                sums.append(np.concatenate((r[:, oldest:], r[:, :oldest]), axis=1))
+            counts, valid = np.diff(sums[0], axis=1), np.diff(sums[1], axis=1) > 0.5
+            valid &= known
+            if first.size:
+                counts[:, first] = self._csum[part, :1]
+                valid[:, first] = self._cvalid[part, :1] > 0.5
+            out[lo : lo + len(part)] = np.where(valid, counts, np.nan)
+        return out
 
     def unpack(self, rows: Sequence[int], packed: np.ndarray) -> None:
         """Give the metrics at ``rows`` back what :meth:`pack` took (a ``(len(rows),
@@ -385,7 +398,7 @@ class Detector:
         """A detector of the metrics at ``rows`` only (in that order), with everything
         they learnt and their recent seconds: it goes on as this one would for them."""
         out = copy.copy(self)
-        out._room = {}
+        out._room, out._host = {}, None
         idx = np.asarray(rows, np.int64)
         for name, value in vars(self).items():
             if not isinstance(value, np.ndarray):
@@ -417,19 +430,31 @@ class Detector:
                 f"and second {other.next_second} position {other._pos}"
             )
         n, total = self.n, self.n + other.n
+        self._reserve(other.n)
+        in_place = other._host is self and other._host_at == n
         for name, value in list(vars(self).items()):
             if not isinstance(value, np.ndarray):
                 continue
             if name in _ROWS_FIRST:
                 buf = self._room[name]
-                if len(buf) < total:  # full: move to a larger buffer
-                    self._rows(name, value.shape[1:], value.dtype, None, total)[:n] = value
-                    buf = self._room[name]
-                buf[n:total] = getattr(other, name)
+                theirs = getattr(other, name)
+                if not (in_place and theirs.base is buf):  # else written there already
+                    buf[n:total] = theirs
                 setattr(self, name, buf[:total])
             else:
                 setattr(self, name, np.concatenate([value, getattr(other, name)], axis=-1))
         self.n = total
+        other._host = None  # its rows are this detector's now
+
+    def _reserve(self, k: int) -> int:
+        """Make room for ``k`` more metrics in the large arrays' buffers (moving them to
+        larger ones, half as large again, when full); return the first spare row."""
+        for name in _ROWS_FIRST:
+            value = getattr(self, name)
+            if len(self._room[name]) < self.n + k:
+                self._rows(name, value.shape[1:], value.dtype, None, self.n + k)[: self.n] = value
+                setattr(self, name, self._room[name][: self.n])
+        return self.n
 
     def _rows(
         self,
@@ -444,6 +469,10 @@ class Detector:
         with room for half as many again (memory the system hands out only once
         written)."""
         n = self.n if n is None else n
+        if self._host is not None:  # the host's spare rows
+            rows: np.ndarray = self._host._room[name][self._host_at : self._host_at + n]
+            rows[...] = fill
+            return rows
         buf = np.empty((n + max(n // 2, 16), *shape), dtype)
         self._room[name] = buf
         if fill is not None:
@@ -922,6 +951,8 @@ def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
             return np.concatenate([parts[n] for n in _LEARNT])
     return None
 
+
+_GATHER_ROWS = 1024  # rows copied out at a time (bounds the temporary memory)
 
 # attributes whose FIRST axis is the metric (every other array's last axis is): the
 # large ones, kept as the leading rows of a buffer with spare rows (Detector.extend)
