@@ -318,6 +318,10 @@ class Worker:
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
+        if self.shards is not None and nxt % 60 == 0 and self._snapshot_due(now):
+            # the tick after a whole minute's: that one closed the minute
+            with phase("snapshot"):
+                self.save_snapshots(nxt)
         start = max(nxt, end - CATCH_UP_MAX_S)
         if self.shards is not None:  # stop at each whole minute, to hand over and snapshot
             end = min(end, start - start % 60 + 60)
@@ -335,14 +339,17 @@ class Worker:
         if self._deciding:  # a follower decides nothing
             with phase("no-data"):
                 alerts += self._check_blind(now, end)
-        every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
-        if end % 60 == 0 and now - self._last_snapshot >= every - 1 and self._deciding:
+        if self.shards is None and end % 60 == 0 and self._snapshot_due(now):
             with phase("snapshot"):
                 self.save_snapshots(end)
         if self._deciding:
             with phase("status"):
                 self._write_statuses(now, end)
         return alerts
+
+    def _snapshot_due(self, now: float) -> bool:
+        every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
+        return self._deciding and now - self._last_snapshot >= every - 1
 
     def _write_statuses(self, now: float, end: int) -> None:
         """Every STATUS_EVERY_S: write every judged metric's status; from
