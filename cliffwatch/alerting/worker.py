@@ -780,7 +780,7 @@ class Worker:
         """Refill ``det``'s per-second history from ``start`` to ``end``: the last seconds
         of the rows in ``recent`` (row, counts just before ``end``) as given, the rest
         from Redis."""
-        counts = np.full((len(names), end - start), np.nan)
+        counts = np.full((len(names), end - start), np.nan, np.float32)  # as snapshots keep them
         given = {i for i, _ in recent}
         missing = [i for i in range(len(names)) if i not in given]
         if missing:

@@ -300,12 +300,14 @@ class Detector:
         """Fill the per-second history with ``counts`` (as for :meth:`update`) without
         learning or deciding anything: used after :meth:`restore` so the windows of the
         next seconds see the seconds before the snapshot."""
-        counts = np.asarray(counts, float)
-        self.next_second = start
-        valid = ~np.isnan(counts)
+        counts = np.asarray(counts)
         n = counts.shape[1]
-        self._store(np.where(valid, counts, 0.0), valid)
-        self._note_data(valid, start)
+        for lo in range(0, self.n, _GATHER_ROWS):  # a block of rows at a time: less memory
+            rows = slice(lo, lo + _GATHER_ROWS)
+            block = np.asarray(counts[rows], float)
+            valid = ~np.isnan(block)
+            self._store(np.where(valid, block, 0.0), valid, rows)
+            self._note_data(valid, start, rows)
         self._pos += n
         self.next_second = start + n
 
@@ -557,11 +559,12 @@ class Detector:
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
 
-    def _store(self, counts: np.ndarray, valid: np.ndarray) -> None:
+    def _store(self, counts: np.ndarray, valid: np.ndarray, rows: slice = slice(None)) -> None:
         """Add the running sums of ``counts`` (no data as 0) and of ``valid`` for the
-        seconds from position ``_pos`` on to the ring (the last HISTORY_S of them)."""
+        seconds from position ``_pos`` on to the ring (the last HISTORY_S of them) of
+        the metrics at ``rows``."""
         n = counts.shape[1]
-        for ring, add in ((self._csum, counts), (self._cvalid, valid)):
+        for ring, add in ((self._csum[rows], counts), (self._cvalid[rows], valid)):
             sums = np.cumsum(add, axis=1, dtype=np.float64)
             if self._pos:
                 sums += ring[:, (self._pos - 1) % HISTORY_S, None]
@@ -571,14 +574,15 @@ class Detector:
             ring[:, first : first + n - skip - wrap] = sums[:, skip : n - wrap]
             ring[:, :wrap] = sums[:, n - wrap :]
 
-    def _note_data(self, valid: np.ndarray, start: int) -> None:
-        """Move :attr:`last_data` to the newest second with data among ``valid``
-        (``(metrics, seconds)``, the first being epoch second ``start``)."""
+    def _note_data(self, valid: np.ndarray, start: int, rows: slice = slice(None)) -> None:
+        """Move :attr:`last_data` of the metrics at ``rows`` to the newest second with
+        data among ``valid`` (``(metrics, seconds)``, the first being epoch second
+        ``start``)."""
         n = valid.shape[1]
         if not n:
             return
         newest = start + n - 1 - np.argmax(valid[:, ::-1], axis=1)
-        self.last_data = np.where(valid.any(axis=1), newest, self.last_data)
+        self.last_data[rows] = np.where(valid.any(axis=1), newest, self.last_data[rows])
 
     def _window_sums(
         self, rows: np.ndarray, pos0: int, n: int, widths: np.ndarray
