@@ -154,6 +154,9 @@ class ShardMap:
         self.members: list[str] = []
         self.info: dict[str, object] = {}
         """What the worker judges, published with every step (see :meth:`publish`)."""
+        self.on_taken: Callable[[list[int]], None] | None = None
+        """Called from the lease thread with the shards a step has just taken (the
+        worker starts reading their snapshots before its next tick takes them on)."""
         self._epochs: dict[int, int] = {}  # shard -> the epoch taken with its lease
         self._valid_until: dict[int, float] = {}  # shard -> monotonic deadline
         self._assigned: set[int] = set()
@@ -248,6 +251,11 @@ class ShardMap:
                 log.info(
                     "took %d shards (now %d of %d)", len(taken), len(self._epochs), self.shards
                 )
+                if self.on_taken is not None:
+                    try:
+                        self.on_taken(sorted(taken))
+                    except Exception:  # the leases matter more than reading ahead
+                        log.exception("reading ahead for shards %s failed", sorted(taken))
             self.publish()
         except CliffwatchError as exc:
             log.warning("shard leases: %s", exc)

@@ -218,6 +218,11 @@ class Worker:
         # one background thread, so a whole-minute tick is not held up by them.
         self._saver: ThreadPoolExecutor | None = None
         self._saving: Future[None] | None = None
+        # ... and the snapshots of shards just taken are read by another, as soon as the
+        # lease thread takes them, for the tick that takes their metrics on
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetching: list[Future[dict[str, snapshots.Snapshot | None]]] = []
+        self._prefetch_lock = threading.Lock()
         self._ticks = 0
         self._last_gain: tuple[int, float] | None = None
         self._phases: dict[str, float] = {}  # seconds per phase of the last _gain
@@ -392,6 +397,8 @@ class Worker:
         self.start()
         self.incidents.outbox.start()
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-snapshots")
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-prefetch")
+        self.shards.on_taken = self._prefetch
         log.info("watching %d metrics", len(self.metrics))
         try:
             while not self._stop.is_set():
@@ -466,6 +473,9 @@ class Worker:
         if self._saver is not None:
             self._saver.shutdown()
             self._saver = None
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(cancel_futures=True)
+            self._prefetcher = None
         self.incidents.outbox.stop()
         if self.leader is not None:
             self.leader.stop()
@@ -649,6 +659,9 @@ class Worker:
         self._phases = {}
         # kept while refused below, so the next tick's try reads only what it lacks
         loaded = {m: self._loaded[m] for m in names if m in self._loaded}
+        with self._phase("load"):
+            early = self._prefetched()
+        loaded.update((m, early[m]) for m in names if m in early and m not in loaded)
         missing = [m for m in names if m not in loaded]
         with self._phase("load"):
             loaded.update(zip(missing, snapshots.load(self.store, missing), strict=True))
@@ -681,6 +694,40 @@ class Worker:
         log.info("took on %d metrics in %.2f s (%s s)", *self._last_gain, parts)
         self._say_share()
         return True
+
+    def _prefetch(self, shards: list[int]) -> None:
+        """(The lease thread.) Start reading the snapshots of the metrics of ``shards``,
+        just taken, in the background."""
+        prefetcher, judge = self._prefetcher, self.shards
+        if prefetcher is None or judge is None:
+            return
+        taken, judged = set(shards), set(self.metrics)
+        names = [m for m in self._all if judge.shard_of(m) in taken and m not in judged]
+        if not names:
+            return
+
+        def load() -> dict[str, snapshots.Snapshot | None]:
+            return dict(zip(names, snapshots.load(self.store, names), strict=True))
+
+        try:
+            future = prefetcher.submit(load)
+        except RuntimeError:  # shut down meanwhile
+            return
+        with self._prefetch_lock:
+            self._prefetching.append(future)
+
+    def _prefetched(self) -> dict[str, snapshots.Snapshot | None]:
+        """The snapshots read by :meth:`_prefetch` since the last call (waiting for
+        reads still running); a read that failed is logged and left out."""
+        with self._prefetch_lock:
+            futures, self._prefetching = self._prefetching, []
+        out: dict[str, snapshots.Snapshot | None] = {}
+        for future in futures:
+            try:
+                out.update(future.result())
+            except CliffwatchError as exc:
+                log.warning("could not read snapshots ahead: %s", exc)
+        return out
 
     def _gain_group(
         self,

@@ -5,6 +5,7 @@ share them again when another joins."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -92,6 +93,31 @@ def test_two_shard_maps_split_the_shards_and_hand_over_without_overlap(store: St
     b.stop()
     assert store.shard_holders(SHARDS) == [None] * SHARDS
     assert store.live_workers() == {}
+
+
+def test_a_step_tells_which_shards_it_took_and_a_failing_listener_costs_no_lease(
+    store: Store, cliffwatch_errors: list[logging.LogRecord]
+) -> None:
+    """``on_taken`` hears of the shards each step takes (the worker reads their snapshots
+    ahead from it), once; a listener that raises is logged and the step still takes and
+    renews its leases."""
+    a, b = ShardMap(store), ShardMap(store)
+    heard: list[list[int]] = []
+
+    def broken(shards: list[int]) -> None:
+        raise ValueError("listener failed")
+
+    a.on_taken = heard.append
+    assert len(a.step()) == SHARDS and heard == [list(range(SHARDS))]
+    a.step()
+    assert len(heard) == 1  # renewing is not taking
+    a.stop()  # gives every shard up
+    b.on_taken = broken
+    assert len(b.step()) == SHARDS and len(b.step()) == SHARDS
+    assert [r.getMessage() for r in cliffwatch_errors] == [
+        f"reading ahead for shards {list(range(SHARDS))} failed"
+    ]
+    b.stop()
 
 
 def test_a_metrics_no_data_incident_is_decided_by_the_worker_holding_the_metric(
