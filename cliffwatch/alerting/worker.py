@@ -266,7 +266,7 @@ class Worker:
             log.info("slow tick: %.2f s (%s s)", took, parts)
         if self.shards is not None:
             self._ticks += 1
-            self._recent_ticks.append((self._ticks, round(time.perf_counter() - started, 4)))
+            self._recent_ticks.append((self._ticks, round(took, 4)))
             nxt = self.detector.next_second
             self.shards.info = {
                 "metrics": len(self._judged_rows()),
@@ -657,16 +657,12 @@ class Worker:
             self._watch([*self.metrics, *names], end)
             return True
         self._phases = {}
-        # kept while refused below, so the next tick's try reads only what it lacks
-        loaded = {m: self._loaded[m] for m in names if m in self._loaded}
-        with self._phase("load"):
-            early = self._prefetched()
-        loaded.update((m, early[m]) for m in names if m in early and m not in loaded)
-        missing = [m for m in names if m not in loaded]
-        with self._phase("load"):
-            loaded.update(zip(missing, snapshots.load(self.store, missing), strict=True))
-        self._loaded = loaded
-        snaps = [loaded[m] for m in names]
+        with self._phase("load"):  # what was read ahead, or by a try refused below
+            known = self._prefetched() | self._loaded
+            missing = [m for m in names if m not in known]
+            known.update(zip(missing, snapshots.load(self.store, missing), strict=True))
+        self._loaded = {m: known[m] for m in names}  # kept while refused
+        snaps = [known[m] for m in names]
         if any(s is not None and s.at > at for s in snaps):
             return False  # saved after the second this worker is at: on the next tick
         self._loaded = {}

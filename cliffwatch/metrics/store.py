@@ -482,8 +482,8 @@ class Store:
             return int(self.client.hdel(self.keys.emitters, *stale))
 
     def get_states(self, metrics: Sequence[str]) -> list[dict[str, str]]:
-        """The alert state hashes of ``metrics`` (``{}`` for none), in one pipelined round
-        trip. Raises ``StoreError``."""
+        """The alert state hashes of ``metrics`` (``{}`` for none), one pipelined round
+        trip per 10,000 metrics. Raises ``StoreError``."""
         if not metrics:
             return []
         replies: list[Any] = []

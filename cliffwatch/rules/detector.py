@@ -469,17 +469,16 @@ class Detector:
         """A new ``(n, *shape)`` array (``n``: this detector's metrics), filled with
         ``fill`` unless ``None``: the leading rows of a buffer kept in ``_room[name]``
         with room for half as many again (memory the system hands out only once
-        written)."""
+        written), or, for a detector with a host, the host's spare rows."""
         n = self.n if n is None else n
         if self._host is not None:  # the host's spare rows
             rows: np.ndarray = self._host._room[name][self._host_at : self._host_at + n]
-            rows[...] = fill
-            return rows
-        buf = np.empty((n + max(n // 2, 16), *shape), dtype)
-        self._room[name] = buf
+        else:
+            self._room[name] = np.empty((n + max(n // 2, 16), *shape), dtype)
+            rows = self._room[name][:n]
         if fill is not None:
-            buf[:n] = fill
-        return buf[:n]
+            rows[...] = fill
+        return rows
 
     def renumber(self, rings: int) -> None:
         """Count positions ``rings * HISTORY_S`` higher (the ring of running sums stays
