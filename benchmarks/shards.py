@@ -22,13 +22,14 @@ run's alone):
    flushers do) and records itself as an emitter, so the workers tick as soon as it has
    flushed.
 3. **Workers.** ``--workers`` ``cliffwatch worker`` processes start together on a glob
-   rule; the run waits until they hold all shards and judge all metrics, then records
-   every tick of every worker (from what each publishes in ``Pworkers:info``) for
-   ``--seconds``, with their CPU, RSS and Redis's memory.
+   rule; the run waits until they hold all shards, judge all metrics and have caught up
+   with the clock, then records every tick of every worker that starts in the next
+   ``--seconds`` (from what each publishes in ``Pworkers:info``), with their CPU, RSS
+   and Redis's memory.
 4. **Takeover.** One worker is killed with SIGKILL; the run measures until its shards'
    leases are taken and until every metric is judged again by the survivors (seen
-   through their published info, which is renewed every second: up to 1 s late), then
-   records the survivors' ticks for ``--after`` seconds.
+   through their published info, which is renewed every second: up to 1 s late), and
+   records every tick of the survivors from the kill until ``--after`` seconds later.
 
 Goals (full run): every tick <= 1 s while all workers run; the killed worker's metrics
 judged again within 10 s; each metric judged by exactly one worker; no incident opened.
@@ -46,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -197,16 +199,43 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return got.get("VmRSS", 0) / 1024, got.get("VmHWM", 0) / 1024
 
 
+def last_ticks(store: Store) -> dict[str, int]:
+    """The number of the last tick each live worker has published: token -> number."""
+    return {t: max((int(k) for k, _ in i.get("ticks", [])), default=0)
+            for t, i in infos(store).items()}  # fmt: skip
+
+
+class Recorder:
+    """Every tick each live worker publishes after ``since`` (token -> the last tick
+    number not to count), polled every 0.2 s in a thread: workers publish only their last
+    few ticks, so the polling goes on while the run waits for other things."""
+
+    def __init__(self, store: Store, since: dict[str, int]) -> None:
+        self.seen: dict[str, dict[int, float]] = {}
+        self._since, self._store, self._stop = since, store, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for token, info in infos(self._store).items():
+                for number, took in info.get("ticks", []):
+                    if int(number) > self._since.get(token, 0):
+                        self.seen.setdefault(token, {})[int(number)] = float(took)
+            self._stop.wait(0.2)
+
+    def stop(self) -> dict[str, dict[int, float]]:
+        """Stop polling; token -> {tick number: seconds it took}."""
+        self._stop.set()
+        self._thread.join()
+        return self.seen
+
+
 def record_ticks(store: Store, seconds: float) -> dict[str, dict[int, float]]:
-    """Every tick each live worker publishes during ``seconds``: token -> {tick: s}."""
-    seen: dict[str, dict[int, float]] = {}
-    stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
-        for token, info in infos(store).items():
-            for number, took in info.get("ticks", []):
-                seen.setdefault(token, {})[int(number)] = float(took)
-        time.sleep(0.5)
-    return seen
+    """Every tick each live worker starts during the next ``seconds``."""
+    recorder = Recorder(store, last_ticks(store))
+    time.sleep(seconds)
+    return recorder.stop()
 
 
 def summary(ticks: dict[int, float]) -> tuple[float, float, float, int]:
@@ -387,6 +416,7 @@ def run(
     victim = procs["worker0"]
     lost = [s for s, h in enumerate(holders) if h == victim_token]
     lost_metrics = sum(1 for m in names if shard_of(m) in set(lost))
+    recorder = Recorder(store, last_ticks(store))
     killed_wall = time.time()
     killed = time.monotonic()
     victim.send_signal(signal.SIGKILL)
@@ -417,7 +447,8 @@ def run(
     gains = [infos(store).get(t, {}).get("gained") for t in survivors]
     wait(judged_again, 180, "every metric to be judged past the kill")
     judged_s = time.monotonic() - killed
-    after = record_ticks(store, args.after)
+    time.sleep(args.after)
+    after = recorder.stop()
     print(f"\nSIGKILL of worker0 ({len(lost)} shards, {lost_metrics:,} metrics): leases "
           f"taken after {leases_s:.1f} s; every metric taken on (restored, caught up to "
           f"where its new worker was, joined) after {taken_s:.1f} s, the survivors then "
@@ -432,7 +463,7 @@ def run(
         worst_after = max(worst_after, mx)
         rss, peak = rss_mb(procs[name].pid)
         print(f"{name:<8} {live.get(token, {}).get('metrics', 0):>8,} metrics, ticks since "
-              f"(incl. the takeover): median {med:.3f} s, p95 {p95:.3f} s, max {mx:.3f} s; "
+              f"the kill: median {med:.3f} s, p95 {p95:.3f} s, max {mx:.3f} s; "
               f"RSS {rss:,.0f} MiB, peak {peak:,.0f} MiB")  # fmt: skip
     states = store.get_states(names)
     opened_after = sum(1 for st in states if st.get("incident_id"))
