@@ -14,6 +14,7 @@ from cliffwatch.rules.detector import (
     _ADDED,
     _LEARNT,
     HISTORY_S,
+    LEND_S,
     RECENT_S,
     SCALES,
     TAIL_P,
@@ -350,6 +351,65 @@ def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> 
     np.testing.assert_array_equal(kept.baseline, whole.baseline[[20, 3, 7]])
     with pytest.raises(ValueError, match="cannot join"):
         kept.extend(Detector(1, warmup_minutes=WARMUP))
+
+
+def test_metrics_kept_in_place_go_on_exactly_as_before() -> None:
+    """A worker handing a few metrics over keeps the rest in place
+    (:meth:`Detector.keep`): the kept metrics past the new end move into the dropped
+    ones' rows, ``order`` says which metric is where, and each goes on exactly as in a
+    detector that kept everything, taking newcomers on afterwards as usual."""
+    rates = np.linspace(2.0, 60.0, 10)
+    h = np.stack([history(r, minutes=50, seed=200 + i) for i, r in enumerate(rates)])
+    whole = Detector(10, warmup_minutes=WARMUP)
+    whole.update(h, T0)
+    running = Detector(10, warmup_minutes=WARMUP)
+    running.update(h, T0)
+    buffer = running._room["_minutes"]
+    order = running.keep([9, 1, 6, 2])
+    assert sorted(order.tolist()) == [1, 2, 6, 9] and running.n == 4
+    assert order[1] == 1 and order[2] == 2  # kept rows before the new end stay put
+    assert running._minutes.base is buffer  # moved within the buffer, not copied out
+    newcomer = Detector(1, warmup_minutes=WARMUP, host=running)
+    newcomer.align(0)
+    newcomer.update(h[[0]], T0)
+    running.extend(newcomer)
+    order = np.append(order, 0)
+    tail = np.stack([poisson(r, 600, seed=240 + i) for i, r in enumerate(rates)])
+    tail[[6, 0], 200:320] = 0.0  # an outage of a moved metric and of the newcomer
+    at = T0 + h.shape[1]
+    expected = whole.update(tail, at)
+    got = running.update(tail[order], at)
+    assert [(int(order[t.index]), t.state, t.at) for t in got] == [
+        (t.index, t.state, t.at) for t in expected if t.index in set(order.tolist())
+    ]
+    assert {int(order[t.index]) for t in got if t.state == "firing"} == {0, 6}
+    np.testing.assert_array_equal(running.score, whole.score[order])
+    np.testing.assert_array_equal(running._csum, whole._csum[order])
+    np.testing.assert_array_equal(running.pack(range(5)), whole.pack(order))
+    with pytest.raises(ValueError, match="within"):
+        running.keep([5])
+
+
+@pytest.mark.parametrize("minutes", [8, 40])
+def test_a_snapshot_copied_in_two_steps_is_the_one_of_its_minute(minutes: int) -> None:
+    """:meth:`Detector.pack_later` copies at a whole minute only what the next
+    ``LEND_S`` seconds would overwrite; the rest, copied that many seconds later, makes
+    exactly what :meth:`pack` and :meth:`recent_counts` gave at the minute (young and
+    full rings of running sums; seconds of no data included)."""
+    rates = np.array([0.5, 4.0, 30.0])
+    h = np.stack([history(r, minutes=minutes, seed=300 + i) for i, r in enumerate(rates)])
+    h[1, -400:-380] = np.nan
+    det = Detector(3, warmup_minutes=WARMUP)
+    det.update(h, T0)
+    rows = [2, 0, 1]
+    packed, recent = det.pack(rows), det.recent_counts(rows)
+    finish = det.pack_later(rows)
+    later = np.stack([poisson(r, LEND_S, seed=340 + i) for i, r in enumerate(rates)])
+    det.update(later, T0 + h.shape[1])
+    assert not np.array_equal(det.recent_counts(rows), recent, equal_nan=True)
+    got_packed, got_recent = finish()
+    np.testing.assert_array_equal(got_packed, packed)
+    np.testing.assert_array_equal(got_recent, recent)
 
 
 def test_seconds_fed_unjudged_are_kept_but_not_decided_on() -> None:

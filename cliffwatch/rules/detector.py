@@ -87,7 +87,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +126,7 @@ RESOLVE_FLOOR_SCALE = len(SHORT_SCALES) - 1  # the natural floor at 512 s bounds
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
 HISTORY_S = max(2 * max(SHORT_SCALES), REF_MIN_S + max(SHORT_SCALES), RESOLVE_MAX_S) + 64
 RECENT_S = HISTORY_S - 1  # seconds of counts the ring of running sums can give back
+LEND_S = 59  # seconds fed after Detector.pack_later at a whole minute, before the next closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,37 +339,80 @@ class Detector:
         :func:`packed_size` bytes per metric, copied in one go. Same validity as
         :meth:`snapshot` (a whole minute)."""
         idx = np.asarray(rows, np.int64)
-        parts = []
-        for name in _LEARNT:
-            if name.endswith("_t"):  # a transposed view: gather rows of the real array
-                flat = np.take(getattr(self, name[:-2]), idx, axis=0)
-            else:
-                value = np.take(getattr(self, name), idx, axis=-1)  # (..., k)
-                flat = np.ascontiguousarray(np.moveaxis(value, -1, 0))
-            parts.append(flat.reshape(len(idx), -1).view(np.uint8))
-        return np.concatenate(parts, axis=1)
+        return np.concatenate([self._packed_part(name, idx) for name in _LEARNT], axis=1)
+
+    def _packed_part(self, name: str, idx: np.ndarray) -> np.ndarray:
+        if name.endswith("_t"):  # a transposed view: gather rows of the real array
+            flat = np.take(getattr(self, name[:-2]), idx, axis=0)
+        else:
+            value = np.take(getattr(self, name), idx, axis=-1)  # (..., k)
+            flat = np.ascontiguousarray(np.moveaxis(value, -1, 0))
+        out: np.ndarray = flat.reshape(len(idx), -1).view(np.uint8)
+        return out
 
     def recent_counts(self, rows: Sequence[int]) -> np.ndarray:
         """The counts of the metrics at ``rows`` in the :data:`RECENT_S` seconds before
         :attr:`next_second`, as float32 ``(len(rows), RECENT_S)`` (NaN: no data, or not
         fed): what :meth:`prime` needs to go on from here in another process."""
+        return self._recent(np.asarray(rows, np.int64), self._pos, self._csum, self._cvalid)
+
+    def pack_later(self, rows: Sequence[int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`pack` and :meth:`recent_counts` of the metrics at ``rows`` as of now (a
+        whole minute), copied in two steps so that a snapshot takes little of a tick.
+        Now: what the next :data:`LEND_S` seconds fed would overwrite (the learnt
+        figures other than the minute rings, and the oldest :data:`LEND_S` seconds of
+        the ring of running sums: about 4 KB per metric). The function returned copies
+        the rest (the minute rings and the rest of the ring, about 35 KB) and gives
+        ``(packed, recent)``; it may run in another thread, but must be done before this
+        detector is fed more than :data:`LEND_S` seconds or :meth:`keep` moves its rows
+        (:meth:`extend` and :meth:`take` leave them alone)."""
         idx = np.asarray(rows, np.int64)
-        positions = np.arange(self._pos - RECENT_S, self._pos)
-        known = positions >= max(1, self._pos - HISTORY_S + 1)
+        now = {n: self._packed_part(n, idx) for n in _LEARNT if n not in _MINUTE_RINGS}
+        rings = {n: getattr(self, n[:-2]) for n in _MINUTE_RINGS}  # the arrays as they are
+        pos, csum, cvalid = self._pos, self._csum, self._cvalid
+        cells = np.ix_(idx, (pos + np.arange(LEND_S)) % HISTORY_S)  # oldest positions first
+        head = (csum[cells], cvalid[cells])
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            parts = [
+                np.take(rings[n], idx, axis=0).reshape(len(idx), -1).view(np.uint8)
+                if n in rings
+                else now[n]
+                for n in _LEARNT
+            ]
+            return np.concatenate(parts, axis=1), self._recent(idx, pos, csum, cvalid, head)
+
+        return finish
+
+    @staticmethod
+    def _recent(
+        idx: np.ndarray,
+        pos: int,
+        csum: np.ndarray,
+        cvalid: np.ndarray,
+        head: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """:meth:`recent_counts` at position ``pos`` from the rings of running sums,
+        ``head``: their oldest cells as they were then (see :meth:`pack_later`)."""
+        positions = np.arange(pos - RECENT_S, pos)
+        known = positions >= max(1, pos - HISTORY_S + 1)
         first = np.flatnonzero(positions == 0)  # the very first second fed: no sum before
-        oldest = self._pos % HISTORY_S  # the ring's cell of position _pos - HISTORY_S
+        oldest = pos % HISTORY_S  # the ring's cell of position pos - HISTORY_S
         out = np.empty((len(idx), RECENT_S), np.float32)
         for lo in range(0, len(idx), _GATHER_ROWS):
             part = idx[lo : lo + _GATHER_ROWS]
             sums = []
-            for ring in (self._csum, self._cvalid):  # each row oldest position first
+            for k, ring in enumerate((csum, cvalid)):  # each row oldest position first
                 r = ring[part]
-                sums.append(np.concatenate((r[:, oldest:], r[:, :oldest]), axis=1))
+                rotated = np.concatenate((r[:, oldest:], r[:, :oldest]), axis=1)
+                if head is not None:
+                    rotated[:, :LEND_S] = head[k][lo : lo + _GATHER_ROWS]
+                sums.append(rotated)
             counts, valid = np.diff(sums[0], axis=1), np.diff(sums[1], axis=1) > 0.5
             valid &= known
-            if first.size:
-                counts[:, first] = self._csum[part, :1]
-                valid[:, first] = self._cvalid[part, :1] > 0.5
+            if first.size:  # position 0 is HISTORY_S - pos cells after the oldest
+                counts[:, first] = sums[0][:, HISTORY_S - pos : HISTORY_S - pos + 1]
+                valid[:, first] = sums[1][:, HISTORY_S - pos : HISTORY_S - pos + 1] > 0.5
             out[lo : lo + len(part)] = np.where(valid, counts, np.nan)
         return out
 
@@ -413,6 +457,33 @@ class Detector:
             setattr(out, name, part)
         out.n = len(idx)
         return out
+
+    def keep(self, rows: Sequence[int]) -> np.ndarray:
+        """Keep only the metrics at ``rows``, in place, and return their new order:
+        ``order[i]`` is the old row of the metric now at row ``i``. In the large arrays
+        only the kept metrics past the new end move, into the rows of those dropped
+        before it, so handing a few of many metrics over copies only a few rows (unlike
+        :meth:`take`); the small arrays are gathered. Raises ``ValueError`` for a row out
+        of range."""
+        idx = np.unique(np.asarray(rows, np.int64))
+        if idx.size and (idx[0] < 0 or idx[-1] >= self.n):
+            raise ValueError(f"rows must be within 0..{self.n - 1}")
+        k = len(idx)
+        kept = np.zeros(self.n, bool)
+        kept[idx] = True
+        holes, movers = np.flatnonzero(~kept[:k]), idx[idx >= k]
+        order = np.arange(k)
+        order[holes] = movers
+        for name, value in list(vars(self).items()):
+            if not isinstance(value, np.ndarray):
+                continue
+            if name in _ROWS_FIRST:
+                value[holes] = value[movers]
+                setattr(self, name, value[:k])
+            else:
+                setattr(self, name, np.take(value, order, axis=-1))
+        self.n = k
+        return order
 
     def extend(self, other: Detector) -> None:
         """Append ``other``'s metrics to this detector's, in place. Both must be at the
@@ -960,6 +1031,8 @@ _GATHER_ROWS = 1024  # rows copied out at a time (bounds the temporary memory)
 # attributes whose FIRST axis is the metric (every other array's last axis is): the
 # large ones, kept as the leading rows of a buffer with spare rows (Detector.extend)
 _ROWS_FIRST = frozenset({"_csum", "_cvalid", "_minutes", "_mcount", "_mvalid"})
+# the parts of a snapshot written only when a minute closes (Detector.pack_later)
+_MINUTE_RINGS = ("_minutes_t", "_mcount_t", "_mvalid_t")
 
 
 _Z_GRID = np.linspace(0.5, 8.0, 600)
