@@ -3,6 +3,9 @@ HTTP server, and ``tick(now)`` driven one second at a time by a fake clock."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -13,7 +16,7 @@ from httpstub import PAGERDUTY_PATH, Recorder
 from cliffwatch.alerting import snapshots
 from cliffwatch.alerting.alert import Alert
 from cliffwatch.alerting.notifiers import PagerDutyNotifier, SlackNotifier
-from cliffwatch.alerting.worker import Worker
+from cliffwatch.alerting.worker import RESCAN_EVERY_S, SNAPSHOT_SPREAD_S, Worker
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import (
     PAGERDUTY_ROUTING_KEY_ENV,
@@ -21,6 +24,7 @@ from cliffwatch.rules.config import (
     RuleSet,
     parse_rules,
 )
+from cliffwatch.rules.detector import LEND_S
 
 METRIC = "orders.created"
 RATE = 50.0  # events/s of normal traffic
@@ -275,3 +279,127 @@ def test_a_failed_delivery_is_retried_on_a_later_tick_and_sent_once(
     assert st["sent:pagerduty:firing"] == st["sent:slack:firing"] == "1"
     assert st["slack_ts"] and st["pagerduty_dedup_key"] == delivered["dedup_key"]
     assert [s for s, _ in shop.states()] == ["firing"]
+
+
+class _RunWhenAsked(Future[Any]):
+    """A job of :class:`LateSaver`: it runs when its result is first asked for."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__()
+        self._job = (fn, args)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            fn, args = self._job
+            self.set_result(fn(*args))
+        return super().result(timeout)
+
+
+class LateSaver:
+    """Stands in for the worker's snapshot thread at its slowest: a job runs only when
+    the worker waits for it."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return _RunWhenAsked(fn, args)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_snapshot_finished_in_the_background_is_the_one_of_its_minute(
+    store: Store, clock: FakeClock, stub: Recorder
+) -> None:
+    """The tick copies out only what the next seconds would overwrite, and the snapshot
+    thread the rest. Even when that thread has not run at all by then, the tick that
+    would feed the detector past ``LEND_S`` seconds waits for it first: the stored
+    snapshot is exactly what the detector held at the minute it is valid at."""
+    shop = Shop(store, clock)
+    shop.prefill()
+    worker = shop.worker(stub)
+    worker._saver = LateSaver()  # type: ignore[assignment]
+    for _ in range(400):
+        shop.run(worker, 1, RATE)
+        if worker._saving is not None:
+            break
+    det = worker.detector
+    assert worker._saving is not None and det.next_second is not None
+    at = det.next_second
+    packed, recent = det.pack([0]), det.recent_counts([0])
+    shop.run(worker, LEND_S, RATE)
+    assert worker._saving is not None  # not needed yet: nothing it copies was overwritten
+    shop.run(worker, 30, RATE)  # past the minute: the ticks waited for it
+    assert worker._saving is None and det.next_second > at + 60
+    snapshot = snapshots.decode(METRIC, store.get_blob(METRIC))
+    assert snapshot is not None and snapshot.at == at
+    np.testing.assert_array_equal(snapshot.packed, packed[0])
+    np.testing.assert_array_equal(snapshot.recent, recent[0])
+    worker.close()
+
+
+def test_a_new_metric_matched_in_the_background_is_watched_by_a_later_tick(
+    store: Store, clock: FakeClock, stub: Recorder
+) -> None:
+    """In the live loop the names known to Redis are read and matched against the glob
+    rules by a background thread (a large read with many metrics), and the next tick
+    starts watching what it found."""
+    rules = parse_rules('[[rule]]\nmetric = "orders.*"\n', "<test rules>")
+    shop = Shop(store, clock)
+    shop.prefill()
+    worker = Worker(store, rules, clock=clock, warmup_minutes=WARMUP_MINUTES)
+    worker.start()
+    assert worker.metrics == [METRIC]
+    worker._prefetcher = ThreadPoolExecutor(1)
+    try:
+        store.write_counts({shop.second: {"orders.refunded": 3}})
+        clock.advance(RESCAN_EVERY_S)
+        worker.tick()
+        assert worker._scanning is not None and worker.metrics == [METRIC]
+        assert sorted(worker._scanning.result()) == [METRIC, "orders.refunded"]
+        clock.advance(1.0)
+        worker.tick()
+        assert sorted(worker.metrics) == [METRIC, "orders.refunded"]
+        assert worker._scanning is None
+    finally:
+        worker.close()
+
+
+class _Hurry(threading.Event):
+    """Records how long the snapshot writer asks to wait, and does not wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.asked.append(timeout)
+        return super().wait(0)
+
+
+def test_a_minutes_snapshots_are_written_spread_out_unless_waited_for(
+    store: Store, clock: FakeClock, stub: Recorder
+) -> None:
+    """The snapshot thread writes chunk k of n no sooner than k/n of
+    ``SNAPSHOT_SPREAD_S`` after it began, so several workers on one machine do not all
+    compress at once; a worker that needs them written (the tick that would overwrite
+    them, a hand-over, shutdown) sets the hurry flag, and the rest go at once."""
+    shop = Shop(store, clock)
+    shop.prefill()
+    worker = shop.worker(stub)
+    at = worker.detector.next_second
+    assert at is not None
+    chunks = snapshots.copy(worker.detector, [METRIC], [0], at) * 4
+    hurry = _Hurry()
+    store.client.delete(store.keys.detector(METRIC))
+    worker._write_spread(chunks, hurry)
+    assert len(hurry.asked) == 3
+    for k, asked in enumerate(hurry.asked, 1):
+        assert asked is not None
+        assert SNAPSHOT_SPREAD_S * k / 4 - 1.0 < asked <= SNAPSHOT_SPREAD_S * k / 4
+    snapshot = snapshots.decode(METRIC, store.get_blob(METRIC))
+    assert snapshot is not None and snapshot.at == at
+
+    worker._saver = LateSaver()  # type: ignore[assignment]
+    worker.save_snapshots(at)
+    assert not worker._hurry.is_set()
+    worker.close()  # waits for it
+    assert worker._hurry.is_set() and worker._saving is None

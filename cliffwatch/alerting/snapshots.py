@@ -25,7 +25,7 @@ import io
 import logging
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,25 +99,28 @@ def save(
     write(store, copy(detector, names, rows, at))
 
 
-Copied = tuple[int, Sequence[str], np.ndarray, np.ndarray]
-"""One chunk of snapshots to write: ``(at, names, packed rows, recent seconds)``."""
+Copied = tuple[int, Sequence[str], Callable[[], tuple[np.ndarray, np.ndarray]]]
+"""One chunk of snapshots to write: ``(at, names, finish)``, ``finish`` giving the
+packed rows and recent seconds (:meth:`Detector.pack_later`)."""
 
 
 def copy(detector: Detector, names: Sequence[str], rows: Sequence[int], at: int) -> list[Copied]:
-    """What :func:`save` stores, copied out of ``detector`` (one array copy per
-    :data:`CHUNK` metrics, ~25 KB each), so that :func:`write` can compress and store
-    it while the detector moves on."""
-    out: list[Copied] = []
-    for lo in range(0, len(rows), CHUNK):
-        part = list(rows[lo : lo + CHUNK])
-        out.append((at, names[lo : lo + CHUNK], detector.pack(part), detector.recent_counts(part)))
-    return out
+    """What :func:`save` stores, copied out of ``detector`` in the two steps of
+    :meth:`Detector.pack_later` (:data:`CHUNK` metrics at a time): now only what its
+    next seconds would overwrite, about 4 KB per metric; :func:`write` copies the rest,
+    compresses and stores it, and must be done before ``detector`` is fed
+    :data:`~cliffwatch.rules.detector.LEND_S` seconds more or moves its rows."""
+    return [
+        (at, names[lo : lo + CHUNK], detector.pack_later(rows[lo : lo + CHUNK]))
+        for lo in range(0, len(rows), CHUNK)
+    ]
 
 
 def write(store: Store, chunks: Sequence[Copied]) -> None:
-    """Compress and store snapshots copied by :func:`copy`, a round trip per chunk.
-    Raises ``StoreError``."""
-    for at, names, packed, recent in chunks:
+    """Finish copying, compress and store snapshots copied by :func:`copy`, a round
+    trip per chunk. Raises ``StoreError``."""
+    for at, names, finish in chunks:
+        packed, recent = finish()
         store.set_blobs(dict(zip(names, encode(at, packed, recent), strict=True)))
 
 

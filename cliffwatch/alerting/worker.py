@@ -62,7 +62,7 @@ import numpy as np
 from ..errors import CliffwatchError, ConfigError, RulesError
 from ..metrics.store import Store
 from ..rules.config import Rule, RuleSet, load_rules
-from ..rules.detector import HISTORY_S, WARMUP_MINUTES, Detector, Transition
+from ..rules.detector import HISTORY_S, LEND_S, WARMUP_MINUTES, Detector, Transition
 from . import snapshots
 from .alert import BLIND_METRIC, Alert, no_data_incident
 from .alertmanager import ALERTMANAGER, WEBHOOK, AlertmanagerNotifier, WebhookNotifier, hold_for
@@ -82,12 +82,16 @@ TICK_PHASE_S = 0.1  # ticks run this long after each second boundary, after the 
 EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
 SHARDED_SNAPSHOT_EVERY_S = 60
+"""With shard leases (every ``run()``), snapshots are saved every minute: a dead worker's
+metrics are taken over from at most a minute back."""
+SNAPSHOT_SPREAD_S = 30.0
+"""The background thread spreads writing a minute's snapshots (compressing ~25 KB per
+metric) over this long, so that several workers on one machine do not all compress at
+once at the minute and slow each other's ticks; one waited for goes at full speed."""
 LOST_GRACE_S = 60.0
 """A sharded worker that loses a shard's lease (Redis restarted, or was out of reach)
 keeps learning, without deciding for, its metrics this long: taking the shard back, it
 carries on instead of learning them again."""
-"""With shard leases (every ``run()``), snapshots are saved every minute: a dead worker's
-metrics are taken over from at most a minute back."""
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
 STATUS_EVERY_S = 5
 STATUS_SPREAD_FROM = 5_000  # from this many metrics on, statuses are written in parts
@@ -218,9 +222,12 @@ class Worker:
         # one background thread, so a whole-minute tick is not held up by them.
         self._saver: ThreadPoolExecutor | None = None
         self._saving: Future[None] | None = None
+        self._saving_at = 0  # the second the snapshots being written are valid at
+        self._hurry = threading.Event()  # set: write them without pause
         # ... and the snapshots of shards just taken are read by another, as soon as the
         # lease thread takes them, for the tick that takes their metrics on
         self._prefetcher: ThreadPoolExecutor | None = None
+        self._scanning: Future[list[str]] | None = None  # a rescan in the background
         self._prefetching: list[Future[dict[str, snapshots.Snapshot | None]]] = []
         self._prefetch_lock = threading.Lock()
         self._ticks = 0
@@ -312,6 +319,9 @@ class Worker:
         if self._reload.is_set():
             self._reload.clear()
             self.reload_rules(now)
+        if self._scanning is not None and self._scanning.done():
+            with phase("rescan"):
+                self._rescanned(now)
         if now - self._last_rescan >= RESCAN_EVERY_S:
             with phase("rescan"):
                 self._rescan(now)
@@ -333,6 +343,9 @@ class Worker:
         if end > start:
             with phase("read"):
                 counts = self.store.read_counts(self.metrics, start, end)
+            if self._saving is not None and end - self._saving_at > LEND_S:
+                with phase("snapshot"):  # the copy must be done before it is overwritten
+                    self._saved()
             with phase("judge"):
                 alerts += self._apply(self.detector.update(counts, start))
         if end % 60 == 0:
@@ -501,10 +514,36 @@ class Worker:
     # -- metrics ------------------------------------------------------------------
 
     def _rescan(self, now: float, force: bool = False) -> None:
-        """Match the rules against the known metric names; start watching new ones."""
+        """Match the rules against the known metric names; start watching new ones. In
+        the live loop the names are read and matched by a background thread, and a later
+        tick takes the result (:meth:`_rescanned`): with many metrics that is a large
+        read."""
         self._last_rescan = now
+        if force or self._prefetcher is None:
+            self._scanning = None  # one in the background may have matched older rules
+            self._matched(self._scan(), now, force)
+        elif self._scanning is None:
+            self._scanning = self._prefetcher.submit(self._scan)
+
+    def _scan(self) -> list[str]:
+        """The metrics the rules name or match among the known names."""
         known = self.store.metric_names() if any(r.is_glob for r in self.rules.rules) else []
-        names = self.rules.metrics(known)
+        return self.rules.metrics(known)
+
+    def _rescanned(self, now: float) -> None:
+        """Take on the result of the background rescan (a failed read is logged; the
+        next rescan tries again)."""
+        scanning, self._scanning = self._scanning, None
+        assert scanning is not None
+        try:
+            names = scanning.result()
+        except CliffwatchError as exc:
+            log.error("could not read the metric names: %s", exc)
+            return
+        self._matched(names, now)
+
+    def _matched(self, names: list[str], now: float, force: bool = False) -> None:
+        """The rules now match ``names``: note them, and (unsharded) watch them."""
         self._all = names
         self._all_version += 1
         if self.shards is not None:
@@ -640,9 +679,11 @@ class Worker:
             self._shards_seen = seen
 
     def _keep(self, rows: Sequence[int]) -> None:
-        self.detector = self.detector.take(rows)
-        self.metrics = [self.metrics[i] for i in rows]
-        self.rule_of = [self.rule_of[i] for i in rows]
+        """Judge only the metrics at ``rows`` from now on (in place: the order changes)."""
+        self._saved()  # snapshots still being copied out read the rows that move
+        order = self.detector.keep(rows)
+        self.metrics = [self.metrics[i] for i in order]
+        self.rule_of = [self.rule_of[i] for i in order]
 
     def _gain(self, names: list[str], end: int) -> bool:
         """Start judging ``names`` (metrics of shards just taken): restore their
@@ -898,10 +939,12 @@ class Worker:
 
     def save_snapshots(self, at: int) -> None:
         """Store what every metric has learnt, as of epoch second ``at`` (sharded: those
-        of the shards it holds). In the live loop the tick only copies the state out
-        (a transient copy, ~25 KB per metric) and a background thread compresses and
-        writes it; the next save, a hand-over and shutdown wait for it first, so
-        snapshots are written in order."""
+        of the shards it holds). In the live loop the tick copies out only what the
+        next seconds would overwrite (~4 KB per metric, see
+        :meth:`Detector.pack_later`) and a background thread copies the rest (~35 KB),
+        compresses and writes it. The tick that would feed the detector past
+        :data:`LEND_S` seconds, a hand-over, the next save and shutdown wait for it
+        first, so the copy is of the minute and snapshots are written in order."""
         rows = self._judged_rows()
         names = [self.metrics[i] for i in rows]
         if self._saver is None:
@@ -909,7 +952,9 @@ class Worker:
         else:
             self._saved()
             copied = snapshots.copy(self.detector, names, rows, at)
-            self._saving = self._saver.submit(snapshots.write, self.store, copied)
+            self._hurry = threading.Event()
+            self._saving = self._saver.submit(self._write_spread, copied, self._hurry)
+            self._saving_at = self.detector.next_second or at
         self._last_snapshot = self.clock()
 
     def _saved(self) -> None:
@@ -918,10 +963,20 @@ class Worker:
         saving, self._saving = self._saving, None
         if saving is None:
             return
+        self._hurry.set()
         try:
             saving.result()
         except CliffwatchError as exc:
             log.error("could not save snapshots: %s", exc)
+
+    def _write_spread(self, copied: list[snapshots.Copied], hurry: threading.Event) -> None:
+        """(The snapshot thread.) Write ``copied`` a chunk at a time, spread over
+        :data:`SNAPSHOT_SPREAD_S`, or at once from when ``hurry`` is set."""
+        began = time.monotonic()
+        for k, chunk in enumerate(copied):
+            if k:
+                hurry.wait(began + SNAPSHOT_SPREAD_S * k / len(copied) - time.monotonic())
+            snapshots.write(self.store, [chunk])
 
     def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
         """``metric``'s events/s in each of its last ``minutes`` minutes, oldest first,
