@@ -75,11 +75,14 @@ log = logging.getLogger("cliffwatch.shards")
 SHARDS = 64
 """The fixed number of shards the metrics are split into. Changing it moves every
 metric: stop all workers first."""
-SHARD_TTL_S = 5.0
+SHARD_TTL_S = 3.0
 """Seconds a shard lease (and a worker's membership) lives without renewal: a dead
-worker's shards are free this long after its last renewal."""
-RENEW_EVERY_S = 1.0
-"""How often a worker renews its membership and leases and tries to take free shards."""
+worker's shards are free this long after its last renewal (a takeover must be done
+within 10 s: this is most of the wait)."""
+RENEW_EVERY_S = 0.5
+"""How often a worker renews its membership and leases and tries to take free shards: a
+renewal may come up to ``SHARD_TTL_S - MARGIN_S - RENEW_EVERY_S`` (1.5 s) late, say on
+a busy machine, before the worker stops deciding for its shards."""
 JOIN_WAIT_S = 2.0
 """A starting worker announces itself this long before it takes any shard."""
 MARGIN_S = 1.0
