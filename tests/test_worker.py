@@ -16,7 +16,12 @@ from httpstub import PAGERDUTY_PATH, Recorder
 from cliffwatch.alerting import snapshots
 from cliffwatch.alerting.alert import Alert
 from cliffwatch.alerting.notifiers import PagerDutyNotifier, SlackNotifier
-from cliffwatch.alerting.worker import RESCAN_EVERY_S, SNAPSHOT_SPREAD_S, Worker
+from cliffwatch.alerting.worker import (
+    FULL_RESCAN_EVERY,
+    RESCAN_EVERY_S,
+    SNAPSHOT_SPREAD_S,
+    Worker,
+)
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import (
     PAGERDUTY_ROUTING_KEY_ENV,
@@ -341,7 +346,8 @@ def test_a_new_metric_matched_in_the_background_is_watched_by_a_later_tick(
 ) -> None:
     """In the live loop the names known to Redis are read and matched against the glob
     rules by a background thread (a large read with many metrics), and the next tick
-    starts watching what it found."""
+    starts watching what it found; while their count stays the same, only the count is
+    read, except on every ``FULL_RESCAN_EVERY``-th rescan."""
     rules = parse_rules('[[rule]]\nmetric = "orders.*"\n', "<test rules>")
     shop = Shop(store, clock)
     shop.prefill()
@@ -359,6 +365,20 @@ def test_a_new_metric_matched_in_the_background_is_watched_by_a_later_tick(
         worker.tick()
         assert sorted(worker.metrics) == [METRIC, "orders.refunded"]
         assert worker._scanning is None
+        # apps only add names: as many as last time means nothing new, and only the
+        # count is read, but every FULL_RESCAN_EVERY-th rescan reads them all (here a
+        # name removed by hand as another came)
+        store.client.srem(store.keys.metrics, "orders.refunded")
+        store.write_counts({shop.second: {"orders.shipped": 2}})
+        for k in range(1, FULL_RESCAN_EVERY + 1):
+            clock.advance(RESCAN_EVERY_S)
+            worker.tick()
+            assert worker._scanning is not None
+            found = worker._scanning.result()
+            assert found is None if k < FULL_RESCAN_EVERY else found == [METRIC, "orders.shipped"]
+        clock.advance(1.0)
+        worker.tick()
+        assert sorted(worker.metrics) == [METRIC, "orders.shipped"]
     finally:
         worker.close()
 

@@ -93,6 +93,10 @@ LOST_GRACE_S = 60.0
 keeps learning, without deciding for, its metrics this long: taking the shard back, it
 carries on instead of learning them again."""
 RESCAN_EVERY_S = 60  # how often glob rules are matched against new metric names
+FULL_RESCAN_EVERY = 10
+"""Apps only ever add metric names, so a background rescan first counts them and reads
+them only if the count changed, or on every FULL_RESCAN_EVERY-th rescan (names removed
+by hand as others were added)."""
 STATUS_EVERY_S = 5
 STATUS_SPREAD_FROM = 5_000  # from this many metrics on, statuses are written in parts
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
@@ -227,7 +231,8 @@ class Worker:
         # ... and the snapshots of shards just taken are read by another, as soon as the
         # lease thread takes them, for the tick that takes their metrics on
         self._prefetcher: ThreadPoolExecutor | None = None
-        self._scanning: Future[list[str]] | None = None  # a rescan in the background
+        self._scanning: Future[list[str] | None] | None = None  # a rescan in the background
+        self._known: tuple[int, int] | None = None  # names read last, rescans since
         self._prefetching: list[Future[dict[str, snapshots.Snapshot | None]]] = []
         self._prefetch_lock = threading.Lock()
         self._ticks = 0
@@ -521,13 +526,29 @@ class Worker:
         self._last_rescan = now
         if force or self._prefetcher is None:
             self._scanning = None  # one in the background may have matched older rules
-            self._matched(self._scan(), now, force)
+            names = self._scan()
+            assert names is not None
+            self._matched(names, now, force)
         elif self._scanning is None:
-            self._scanning = self._prefetcher.submit(self._scan)
+            self._scanning = self._prefetcher.submit(self._scan, True)
 
-    def _scan(self) -> list[str]:
-        """The metrics the rules name or match among the known names."""
-        known = self.store.metric_names() if any(r.is_glob for r in self.rules.rules) else []
+    def _scan(self, cheap: bool = False) -> list[str] | None:
+        """The metrics the rules name or match among the known names. ``cheap``: ``None``
+        (no change) if there are as many known names as at the last read, unless that was
+        :data:`FULL_RESCAN_EVERY` rescans ago."""
+        if not any(r.is_glob for r in self.rules.rules):
+            return self.rules.metrics([])
+        last = self._known
+        if (
+            cheap
+            and last is not None
+            and last[1] < FULL_RESCAN_EVERY - 1
+            and self.store.count_metric_names() == last[0]
+        ):
+            self._known = (last[0], last[1] + 1)
+            return None
+        known = self.store.metric_names()
+        self._known = (len(known), 0)
         return self.rules.metrics(known)
 
     def _rescanned(self, now: float) -> None:
@@ -540,12 +561,14 @@ class Worker:
         except CliffwatchError as exc:
             log.error("could not read the metric names: %s", exc)
             return
-        self._matched(names, now)
+        if names is not None:
+            self._matched(names, now)
 
     def _matched(self, names: list[str], now: float, force: bool = False) -> None:
         """The rules now match ``names``: note them, and (unsharded) watch them."""
-        self._all = names
-        self._all_version += 1
+        if names != self._all:
+            self._all = names
+            self._all_version += 1
         if self.shards is not None:
             if not force:
                 return  # new names are taken on by _follow_shards, like gained shards

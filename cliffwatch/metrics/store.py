@@ -374,6 +374,12 @@ class Store:
             names = self.client.smembers(self.keys.metrics)
         return sorted(_text(name) for name in names)
 
+    def count_metric_names(self) -> int:
+        """How many metric names apps have flushed (``SCARD``: cheap, unlike reading
+        them). Raises ``StoreError``."""
+        with self._errors("counting metric names"):
+            return int(self.client.scard(self.keys.metrics))
+
     def get_state(self, metric: str) -> dict[str, str]:
         """The metric's alert state hash (empty if none). Raises ``StoreError``."""
         with self._errors(f"reading state of {metric!r}"):
