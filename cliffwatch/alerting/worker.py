@@ -79,6 +79,9 @@ log = logging.getLogger("cliffwatch.worker")
 
 WATERMARK_S = 1.2  # a second is judged once every app flushed it, or this long after it
 TICK_PHASE_S = 0.1  # ticks run this long after each second boundary, after the flushes
+HOST_SPREAD_S = 0.5
+"""Sharded workers on one host spread their ticks over this much of each second, by rank
+among them: all at once, they would only wait for each other's cores (and Redis)."""
 EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
 SHARDED_SNAPSHOT_EVERY_S = 60
@@ -427,9 +430,22 @@ class Worker:
                     if self.monitor is not None:
                         self.monitor.tick_errors.inc()
                 now = self.clock()
-                self._stop.wait(1.0 - now % 1.0 + TICK_PHASE_S)  # just after the flushes
+                self._stop.wait(1.0 - now % 1.0 + self._tick_phase())  # after the flushes
         finally:
             self.close()
+
+    def _tick_phase(self) -> float:
+        """How long after each second boundary this worker ticks: :data:`TICK_PHASE_S`,
+        plus, with other workers on this host, its rank among them in
+        :data:`HOST_SPREAD_S`."""
+        if self.shards is None:
+            return TICK_PHASE_S
+        token = self.shards.token
+        host = token.rsplit(":", 2)[0]
+        mates = sorted(m for m in self.shards.members if m.rsplit(":", 2)[0] == host)
+        if len(mates) < 2 or token not in mates:
+            return TICK_PHASE_S
+        return TICK_PHASE_S + HOST_SPREAD_S * mates.index(token) / len(mates)
 
     def request_reload(self) -> None:
         """Ask the next tick to read the rules file again (what SIGHUP does)."""

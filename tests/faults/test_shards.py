@@ -24,8 +24,9 @@ from test_e2e import HISTORY_MINUTES, RATE, labels
 from cliffwatch.alerting.alert import no_data_incident
 from cliffwatch.alerting.incidents import Incidents, Route
 from cliffwatch.alerting.shards import SHARDS, LostShard, ShardMap, assignment, shard_of
+from cliffwatch.alerting.worker import HOST_SPREAD_S, TICK_PHASE_S, Worker
 from cliffwatch.metrics.store import Store
-from cliffwatch.rules.config import PAGERDUTY_ROUTING_KEY_ENV, SLACK_TOKEN_ENV
+from cliffwatch.rules.config import PAGERDUTY_ROUTING_KEY_ENV, SLACK_TOKEN_ENV, parse_rules
 
 TOKEN = "xoxb-0000-4444-shardstesttoken"
 ROUTING_KEY = "SHARDtestROUTINGkey0123456789abc"
@@ -118,6 +119,24 @@ def test_a_step_tells_which_shards_it_took_and_a_failing_listener_costs_no_lease
         f"reading ahead for shards {list(range(SHARDS))} failed"
     ]
     b.stop()
+
+
+def test_workers_on_one_host_spread_their_ticks_over_the_second(store: Store) -> None:
+    """Sharded workers sharing a host tick at different points of each second (by rank
+    of their tokens among that host's members), so that they do not all wait for the
+    same cores; one alone on its host ticks right after the flushes."""
+    rules = parse_rules('[[rule]]\nmetric = "shop*"\n', "<test rules>")
+    workers = [Worker(store, rules) for _ in range(4)]
+    maps = [ShardMap(store) for _ in workers]
+    for worker, shards in zip(workers, maps, strict=True):
+        worker._use_shards(shards)
+    for shards in maps:
+        shards.members = sorted(m.token for m in maps)
+    phases = sorted(w._tick_phase() for w in workers)
+    assert phases == [TICK_PHASE_S + HOST_SPREAD_S * k / 4 for k in range(4)]
+    elsewhere = [f"other-host:{k}:abc" for k in range(3)]
+    maps[0].members = sorted([maps[0].token, *elsewhere])
+    assert workers[0]._tick_phase() == TICK_PHASE_S
 
 
 def test_a_metrics_no_data_incident_is_decided_by_the_worker_holding_the_metric(
