@@ -353,40 +353,6 @@ def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> 
         kept.extend(Detector(1, warmup_minutes=WARMUP))
 
 
-def test_detectors_built_side_by_side_in_spare_rows_are_appended_in_turn() -> None:
-    """A worker taking on metrics saved at different minutes builds a detector per group,
-    all in the running detector's spare rows before any is appended (``spare_from``: the
-    rows of the groups before it), and appends them in that order: each metric goes on
-    exactly as in one detector fed everything, and no row is copied."""
-    rates = np.linspace(3.0, 40.0, 9)
-    h = np.stack([history(r, minutes=50, seed=260 + i) for i, r in enumerate(rates)])
-    whole = Detector(9, warmup_minutes=WARMUP)
-    whole.update(h, T0)
-    running = Detector(4, warmup_minutes=WARMUP)
-    running.update(h[:4], T0)
-    running.reserve(5)
-    buffer = running._room["_csum"]
-    groups = []
-    for lo, hi in [(4, 6), (6, 9)]:
-        group = Detector(hi - lo, warmup_minutes=WARMUP, host=running, spare_from=lo - 4)
-        group.align(0)
-        group.update(h[lo:hi], T0)
-        groups.append(group)
-    for group in groups:
-        running.extend(group)
-    assert running._room["_csum"] is buffer and running._csum.base is buffer
-    tail = np.stack([poisson(r, 400, seed=280 + i) for i, r in enumerate(rates)])
-    tail[[5, 8], 100:220] = 0.0
-    at = T0 + h.shape[1]
-    expected = whole.update(tail, at)
-    got = running.update(tail, at)
-    assert [(t.index, t.state, t.at) for t in got] == [
-        (t.index, t.state, t.at) for t in expected
-    ]
-    assert {t.index for t in got if t.state == "firing"} == {5, 8}
-    np.testing.assert_array_equal(running.pack(range(9)), whole.pack(range(9)))
-
-
 def test_metrics_kept_in_place_go_on_exactly_as_before() -> None:
     """A worker handing a few metrics over keeps the rest in place
     (:meth:`Detector.keep`): the kept metrics past the new end move into the dropped

@@ -55,7 +55,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import FrameType
 
 import numpy as np
@@ -241,8 +240,7 @@ class Worker:
         self._prefetch_lock = threading.Lock()
         self._ticks = 0
         self._last_gain: tuple[int, float] | None = None
-        self._gainer: ThreadPoolExecutor | None = None  # the live loop's _prepare_gain
-        self._gaining: Future[_Prepared | int | None] | None = None
+        self._phases: dict[str, float] = {}  # seconds per phase of the last _gain
         self._tick_phases: dict[str, float] = {}  # and of the last tick
         self._loaded: dict[str, snapshots.Snapshot | None] = {}  # read by a refused _gain
         self._recent_ticks: deque[tuple[int, float]] = deque(maxlen=8)
@@ -421,7 +419,6 @@ class Worker:
         self.incidents.outbox.start()
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-snapshots")
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-prefetch")
-        self._gainer = ThreadPoolExecutor(1, thread_name_prefix="cliffwatch-gain")
         self.shards.on_taken = self._prefetch
         log.info("watching %d metrics", len(self.metrics))
         try:
@@ -513,9 +510,6 @@ class Worker:
         if self._prefetcher is not None:
             self._prefetcher.shutdown(cancel_futures=True)
             self._prefetcher = None
-        if self._gainer is not None:  # metrics half taken on are left: they are not ours
-            self._gainer.shutdown(wait=False, cancel_futures=True)
-            self._gainer = None
         self.incidents.outbox.stop()
         if self.leader is not None:
             self.leader.stop()
@@ -604,7 +598,6 @@ class Worker:
         """Build a detector for ``names``: keep what running metrics learnt, restore
         snapshots of new ones, and refill their history up to second ``end``."""
         names = list(names)
-        self._gaining = None  # one being prepared would join the detector replaced here
         if not names:  # nothing to judge (yet): e.g. every shard is held elsewhere
             self.metrics, self.rule_of = [], []
             self.detector = Detector(0, warmup_minutes=self.warmup_minutes)
@@ -626,7 +619,7 @@ class Worker:
             names = [m for m in names if m not in skip]
             if not names:
                 self._watch([], end)
-                self._gain(later, end, now=True)
+                self._gain(later, end)
                 return
         rules = [self.rules.match(m) for m in names]
         det = Detector(
@@ -667,7 +660,7 @@ class Worker:
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
         self._say_share()
         if later:
-            self._gain(later, end, now=True)
+            self._gain(later, end)
 
     # -- shards -------------------------------------------------------------------
 
@@ -731,60 +724,29 @@ class Worker:
         self.metrics = [self.metrics[i] for i in order]
         self.rule_of = [self.rule_of[i] for i in order]
 
-    def _gain(self, names: list[str], end: int, now: bool = False) -> bool:
+    def _gain(self, names: list[str], end: int) -> bool:
         """Start judging ``names`` (metrics of shards just taken): restore their
         snapshots, refill their history and catch up to the second the running detector
         is at, compare them with their open incidents, and join them to the running
         detector (which keeps what it holds). Snapshots saved at different minutes are
-        taken on group by group. In the live loop all but the comparing and joining
-        is done by a background thread while the ticks go on (:meth:`_prepare_gain`), and
-        a later tick finishes it (:meth:`_finish_gain`). True once taken on; False if
-        that is still to come (a try refused because a snapshot is newer than the
-        running detector, or one under way in the background): the next tick looks
-        again. ``now``: all of it in this thread, now."""
-        main = self.detector
-        at = main.next_second
+        taken on group by group. False if one is newer than the running detector: then
+        it is tried again on the next tick."""
+        began = time.perf_counter()
+        at = self.detector.next_second
         if at is None or not self.metrics:
             self._watch([*self.metrics, *names], end)
             return True
-        if self._gaining is not None:
-            if self._gaining.done():
-                self._finish_gain(self._gaining)
-                self._gaining = None
-            return False  # and look again for any not taken on yet
-        if self._gainer is None or now:
-            ready = self._prepare_gain(names, main, at, main.position)
-            if isinstance(ready, int):
-                main.renumber(ready)
-                ready = self._prepare_gain(names, main, at, main.position)
-            done: Future[_Prepared | int | None] = Future()
-            done.set_result(ready)
-            return self._finish_gain(done)
-        main.reserve(len(names))  # so that building them in its spare rows moves nothing
-        self._gaining = self._gainer.submit(self._prepare_gain, names, main, at, main.position)
-        return False
-
-    def _prepare_gain(
-        self, names: list[str], main: Detector, at: int, pos: int
-    ) -> _Prepared | int | None:
-        """(The gaining thread in the live loop.) The first part of :meth:`_gain`, up to
-        second ``at`` (``main`` is then at position ``pos``): the metrics' detectors,
-        built in ``main``'s spare rows and caught up to ``at``. ``None`` if a snapshot
-        is newer than ``at`` (try again later); an int: ``main`` must first count its
-        positions up by that many rings (:meth:`Detector.renumber`) for the history
-        they need. Raises ``StoreError``."""
-        began = time.perf_counter()
-        phases: dict[str, float] = {}
-        with self._phase("load", phases):  # what was read ahead, or by a try refused
+        self._phases = {}
+        with self._phase("load"):  # what was read ahead, or by a try refused below
             known = self._prefetched() | self._loaded
             missing = [m for m in names if m not in known]
             known.update(zip(missing, snapshots.load(self.store, missing), strict=True))
         self._loaded = {m: known[m] for m in names}  # kept while refused
         snaps = [known[m] for m in names]
         if any(s is not None and s.at > at for s in snaps):
-            return None  # saved after the second this worker is at: on the next tick
+            return False  # saved after the second this worker is at: on the next tick
         self._loaded = {}
-        with self._phase("restore", phases):
+        with self._phase("restore"):
             states = self.store.get_states(names)
         # by the minute the snapshot was saved at, and whether a metric's incident opened
         # or closed in the seconds its windows will reach over (those are judged again
@@ -794,63 +756,17 @@ class Worker:
             base = None if snap is None else snap.at
             quiet = base is not None and _quiet_since(states[i], base - HISTORY_S)
             groups.setdefault((base, quiet), []).append(i)
-        replay = int(max(min(self.store.retention_s - 120, CATCH_UP_MAX_S), HISTORY_S))
-        earliest = min(
-            (at - at % 60 - replay) if base is None else base - HISTORY_S for base, _ in groups
-        )
-        if pos < at - earliest:  # main's history is shorter: its positions must count up
-            return int(-((pos - (at - earliest)) // HISTORY_S))
-        out = _Prepared(at, [], began, phases)
-        spare = 0
         for base, quiet in sorted(groups, key=lambda g: (g[0] is None, g[0] or 0, g[1])):
             rows = groups[base, quiet]
-            group = [names[i] for i in rows]
-            det = self._gain_group(
-                group,
+            self._gain_group(
+                [names[i] for i in rows],
                 [snaps[i] for i in rows],
                 [states[i] for i in rows],
                 base,
                 quiet,
-                (main, spare, at, pos, replay),
-                phases,
             )
-            out.groups.append((group, det))
-            spare += len(rows)
-        return out
-
-    def _finish_gain(self, prepared: Future[_Prepared | int | None]) -> bool:
-        """The end of :meth:`_gain`: catch the prepared detectors up to the running one,
-        compare them with their open incidents and join them to it. True if taken on."""
-        main, at = self.detector, self.detector.next_second
-        try:
-            ready = prepared.result()
-        except CliffwatchError as exc:
-            log.error("could not take on metrics: %s", exc)
-            return False
-        if isinstance(ready, int):
-            main.renumber(ready)
-            return False
-        if ready is None or at is None:
-            return False
-        phases = ready.phases
-        for names, det in ready.groups:
-            if det._host is not main:  # the running detector was rebuilt meanwhile
-                return False
-            with self._phase("catch-up", phases):  # seconds the ticks judged meanwhile
-                if at > ready.at:
-                    det.update(self.store.read_counts(names, ready.at, at), ready.at)
-            with self._phase("reconcile", phases):
-                try:
-                    self._reconcile(det, names, at)
-                except LostShard as exc:
-                    log.warning("%s", exc)  # dropped on the next tick
-            with self._phase("extend", phases):
-                main.extend(det)
-            self.metrics = [*self.metrics, *names]
-            self.rule_of = [*self.rule_of, *(r for m in names if (r := self.rules.match(m)))]
-        taken = sum(len(names) for names, _ in ready.groups)
-        self._last_gain = (taken, round(time.perf_counter() - ready.began, 3))
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+        self._last_gain = (len(names), round(time.perf_counter() - began, 3))
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in self._phases.items())
         log.info("took on %d metrics in %.2f s (%s s)", *self._last_gain, parts)
         self._say_share()
         return True
@@ -896,44 +812,43 @@ class Worker:
         states: Sequence[dict[str, str]],
         base: int | None,
         quiet: bool,
-        host: tuple[Detector, int, int, int, int],
-        phases: dict[str, float],
-    ) -> Detector:
-        """A detector for metrics whose snapshots were all saved at second ``base``
-        (``None``: metrics without one, which learn from the ``replay`` seconds of
-        history Redis has), with their alert ``states``, caught up to second ``at``.
-        ``host``: ``(main, spare, at, pos, replay)``, built in ``main``'s spare rows
-        from ``spare`` rows after its last, lined up with ``main`` at second ``at`` and
-        position ``pos``. ``quiet``: no incident of theirs opened or closed lately, so
-        the seconds since ``base`` that their last judge judged are only fed."""
-        main, spare, at, pos, replay = host
+    ) -> None:
+        """:meth:`_gain` for metrics whose snapshots were all saved at second ``base``
+        (``None``: metrics without one, which learn from the history Redis has), with
+        their alert ``states``. ``quiet``: no incident of theirs opened or closed lately,
+        so the seconds since ``base`` that their last judge judged are only fed."""
+        main, at = self.detector, self.detector.next_second
+        assert at is not None
         rules = [self.rules.match(m) for m in names]
-        sub = Detector(
+        sub = Detector(  # in the running detector's spare rows
             len(names),
             [r.threshold if r else -3.0 for r in rules],
             [r.min_rate if r else 0.0 for r in rules],
             self.warmup_minutes,
             host=main,
-            spare_from=spare,
         )
         if base is not None:
             hist_start = base - HISTORY_S
         else:
             base = at - at % 60
-            hist_start = base - replay
-        sub.align(pos - (at - hist_start))
+            hist_start = base - max(min(self.store.retention_s - 120, CATCH_UP_MAX_S), HISTORY_S)
+        pos = main.position - (at - hist_start)
+        if pos < 0:  # the running detector's history is shorter: count its positions up
+            main.renumber(-(pos // HISTORY_S))
+            pos = main.position - (at - hist_start)
+        sub.align(pos)
         kept = [s for s in snaps if s is not None]
-        with self._phase("restore", phases):
+        with self._phase("restore"):
             if kept:
                 snapshots.restore(sub, range(len(names)), kept)
             self._restore_incidents(sub, states)
-        with self._phase("history", phases):
+        with self._phase("history"):
             if kept:
                 recent = [(i, s.recent) for i, s in enumerate(kept) if s.recent is not None]
                 self._prime(sub, names, hist_start, base, recent)
             else:
                 sub.update(self.store.read_counts(names, hist_start, base), hist_start)
-        with self._phase("catch-up", phases):
+        with self._phase("catch-up"):
             # the seconds the last holder judged (its last status says up to where)
             # are only fed; the rest are judged
             judged_to = min(at, max(base, _judged_to(states))) if quiet else base
@@ -941,11 +856,21 @@ class Worker:
                 sub.update(self.store.read_counts(names, base, judged_to), base, judge=False)
             if at > judged_to:
                 sub.update(self.store.read_counts(names, judged_to, at), judged_to)
-        return sub
+        with self._phase("reconcile"):
+            try:
+                self._reconcile(sub, names, at)
+            except LostShard as exc:
+                log.warning("%s", exc)  # dropped on the next tick
+        with self._phase("extend"):
+            main.extend(sub)
+        self.metrics = [*self.metrics, *names]
+        self.rule_of = [*self.rule_of, *(r for r in rules if r)]
 
     @contextmanager
-    def _phase(self, name: str, into: dict[str, float]) -> Iterator[None]:
-        """Add the time spent inside to phase ``name`` in ``into``."""
+    def _phase(self, name: str, into: dict[str, float] | None = None) -> Iterator[None]:
+        """Add the time spent inside to phase ``name`` in ``into`` (default: of the
+        metrics being taken on)."""
+        into = self._phases if into is None else into
         began = time.perf_counter()
         try:
             yield
@@ -1214,17 +1139,6 @@ class Worker:
             alert = self.incidents.resolve(metric, t.at, t.score, t.rate)
             if alert is not None:
                 out.append(alert)
-
-
-@dataclass
-class _Prepared:
-    """Metrics being taken on (:meth:`Worker._prepare_gain`): per group, their names and
-    their detector, caught up to second ``at``; when it began, and its phases' seconds."""
-
-    at: int
-    groups: list[tuple[list[str], Detector]]
-    began: float
-    phases: dict[str, float]
 
 
 def _quiet_since(state: dict[str, str], since: int) -> bool:

@@ -158,16 +158,13 @@ class Detector:
         warmup_minutes: int = WARMUP_MINUTES,
         *,
         host: Detector | None = None,
-        spare_from: int = 0,
     ) -> None:
         m = n_metrics
         self.n = m
         # host: the detector these metrics are to be appended to (extend); the large
         # arrays are then its spare rows, written in place, so extend copies none of them
-        # (from spare_from rows past its last metric: after other detectors to be
-        # appended before this one)
         self._host = host
-        self._host_at = 0 if host is None else host.reserve(m, spare_from)
+        self._host_at = 0 if host is None else host._reserve(m)
         self.thresholds = np.broadcast_to(np.asarray(thresholds, float), (m,)).copy()
         self.min_rates = np.broadcast_to(np.asarray(min_rates, float), (m,)).copy()
         self.warmup_minutes = warmup_minutes
@@ -506,7 +503,7 @@ class Detector:
                 f"and second {other.next_second} position {other._pos}"
             )
         n, total = self.n, self.n + other.n
-        self.reserve(other.n)
+        self._reserve(other.n)
         in_place = other._host is self and other._host_at == n
         for name, value in list(vars(self).items()):
             if not isinstance(value, np.ndarray):
@@ -522,17 +519,15 @@ class Detector:
         self.n = total
         other._host = None  # its rows are this detector's now
 
-    def reserve(self, k: int, after: int = 0) -> int:
-        """Make room for ``k`` more metrics ``after`` spare rows in the large arrays'
-        buffers (moving them to larger ones, half as large again, when full); return
-        the first of those rows."""
-        need = self.n + after + k
+    def _reserve(self, k: int) -> int:
+        """Make room for ``k`` more metrics in the large arrays' buffers (moving them to
+        larger ones, half as large again, when full); return the first spare row."""
         for name in _ROWS_FIRST:
             value = getattr(self, name)
-            if len(self._room[name]) < need:
-                self._rows(name, value.shape[1:], value.dtype, None, need)[: self.n] = value
+            if len(self._room[name]) < self.n + k:
+                self._rows(name, value.shape[1:], value.dtype, None, self.n + k)[: self.n] = value
                 setattr(self, name, self._room[name][: self.n])
-        return self.n + after
+        return self.n
 
     def _rows(
         self,

@@ -13,9 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from httpstub import Recorder
 from procs import CLIFFWATCH, Processes, Traffic, environment, prefill
 from test_e2e import HISTORY_MINUTES, RATE, labels
 
-from cliffwatch.alerting.alert import Alert, no_data_incident
+from cliffwatch.alerting.alert import no_data_incident
 from cliffwatch.alerting.incidents import Incidents, Route
 from cliffwatch.alerting.shards import SHARDS, LostShard, ShardMap, assignment, shard_of
 from cliffwatch.alerting.worker import HOST_SPREAD_S, TICK_PHASE_S, Worker
@@ -397,102 +395,3 @@ def test_snapshots_saved_at_different_minutes_are_all_restored(
     assert det.next_second == 1_800_000_149
     assert det.judged().all(), det.minutes_seen
     assert (det.minutes_seen >= HISTORY_MINUTES).all(), det.minutes_seen
-
-
-class _Manual:
-    """Stands in for the worker's gaining thread: a job runs when the test says."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self.jobs.append((future, fn, args))
-        return future
-
-    def run(self) -> None:
-        for future, fn, args in self.jobs:
-            future.set_result(fn(*args))
-        self.jobs.clear()
-
-    def shutdown(self, **_: Any) -> None:
-        pass
-
-
-def _take_over(store: Store, background: bool) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
-    """Two workers split 8 metrics; the first saves its snapshots at a whole minute and
-    goes; the second takes its shards, its metrics on (all at once, or prepared by its
-    gaining thread while it ticks 3 seconds on), one of them fails, and it goes on for
-    2 minutes. Returns each metric's packed detector state then, and the alerts."""
-    names = METRICS[:8]
-    rules = parse_rules('[[rule]]\nmetric = "shop*.orders"\n', "<test rules>")
-    now = 1_800_000_000
-    start = now - HISTORY_MINUTES * 60
-    counts = np.random.default_rng(5).poisson(RATE, (len(names), HISTORY_MINUTES * 60 + 400))
-    victim = [i for i, m in enumerate(names) if shard_of(m) % 2 == 0][0]
-    counts[victim, HISTORY_MINUTES * 60 + 100 :] = 0  # down from 100 s after the take-over
-
-    def write(upto: int) -> None:
-        for k in range(counts.shape[1]):
-            if start + k < upto:
-                store.write_counts({start + k: {m: int(counts[i, k]) for i, m in enumerate(names)}})
-
-    write(now)
-    clock = [now - 0.7]
-    alerts: list[Alert] = []
-    maps = [ShardMap(store, shards=2), ShardMap(store, shards=2)]
-    maps[0].step()  # takes both shards
-    maps[1].step()
-    maps[0].step()  # sees the second join: hands one over
-    maps[0].release(sorted(maps[0].leaving()))
-    maps[1].step()
-    workers = []
-    for shards in maps:
-        w = Worker(store, rules, clock=lambda: clock[0], warmup_minutes=30, notifiers={},
-                   on_alert=alerts.append)  # fmt: skip
-        w._use_shards(shards)
-        w.start()
-        workers.append(w)
-    first, second = workers if names[victim] in workers[0].metrics else workers[::-1]
-    assert names[victim] in first.metrics and second.metrics
-    assert not set(first.metrics) & set(second.metrics)
-    for t in range(now, now + 61):  # to the next whole minute
-        store.write_counts({t: {m: int(counts[i, t - start]) for i, m in enumerate(names)}})
-        clock[0] = t + 1.3
-        for w in workers:
-            w.tick()
-    assert first.detector.next_second == now + 60
-    first.save_snapshots(now + 60)
-    assert first.shards is not None and second.shards is not None
-    first.shards.stop()  # gone: its shard is free
-    second.shards.step()
-    gainer = _Manual()
-    if background:
-        second._gainer = gainer  # type: ignore[assignment]
-    for t in range(now + 61, now + 180):
-        store.write_counts({t: {m: int(counts[i, t - start]) for i, m in enumerate(names)}})
-        clock[0] = t + 1.3
-        second.tick()
-        if t == now + 61 and background:
-            assert gainer.jobs and names[victim] not in second.metrics
-        if t == now + 64:
-            gainer.run()
-    assert sorted(second.metrics) == sorted(names)
-    rows = {m: i for i, m in enumerate(second.metrics)}
-    packed = {m: second.detector.pack([rows[m]]).tobytes() for m in names}
-    return packed, [(a.metric, a.state) for a in alerts]
-
-
-def test_metrics_taken_on_in_the_background_go_on_as_if_taken_on_at_once(
-    store: Store, prefix: str
-) -> None:
-    """In the live loop a worker prepares the metrics of shards it just took in a
-    background thread (restore, history, catch-up) while its ticks go on, and a later
-    tick catches them up to where it is, compares them with their incidents and joins
-    them: afterwards each metric's learnt state is bit for bit what taking them on
-    within one tick gives, and an outage of one of them pages once, as there."""
-    at_once = _take_over(store, background=False)
-    in_background = _take_over(Store(store.client, prefix=prefix + "again:"), background=True)
-    assert in_background[1] == at_once[1]
-    assert [state for _, state in at_once[1]] == ["firing"]
-    assert in_background[0] == at_once[0]
