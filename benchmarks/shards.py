@@ -28,7 +28,7 @@ run's alone):
    and Redis's memory.
 4. **Takeover.** One worker is killed with SIGKILL; the run measures until its shards'
    leases are taken and until every metric is judged again by the survivors (seen
-   through their published info, which is renewed every second: up to 1 s late), and
+   through their published info, which is renewed every 0.5 s), and
    records every tick of the survivors from the kill until ``--after`` seconds later.
 
 Goals (full run): every tick <= 1 s while all workers run; the killed worker's metrics
@@ -206,13 +206,13 @@ def last_ticks(store: Store) -> dict[str, int]:
 
 
 class Recorder:
-    """Every tick each live worker publishes after ``since`` (token -> the last tick
-    number not to count), polled every 0.2 s in a thread: workers publish only their last
-    few ticks, so the polling goes on while the run waits for other things."""
+    """Every tick each live worker starts from now on, polled every 0.2 s in a thread:
+    workers publish only their last few ticks, so the polling goes on while the run waits
+    for other things."""
 
-    def __init__(self, store: Store, since: dict[str, int]) -> None:
+    def __init__(self, store: Store) -> None:
         self.seen: dict[str, dict[int, float]] = {}
-        self._since, self._store, self._stop = since, store, threading.Event()
+        self._since, self._store, self._stop = last_ticks(store), store, threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
@@ -229,13 +229,6 @@ class Recorder:
         self._stop.set()
         self._thread.join()
         return self.seen
-
-
-def record_ticks(store: Store, seconds: float) -> dict[str, dict[int, float]]:
-    """Every tick each live worker starts during the next ``seconds``."""
-    recorder = Recorder(store, last_ticks(store))
-    time.sleep(seconds)
-    return recorder.stop()
 
 
 def summary(ticks: dict[int, float]) -> tuple[float, float, float, int]:
@@ -365,7 +358,9 @@ def run(
     cpu_before = {name: cpu_s(p.pid) for name, p in procs.items()} | {"redis": cpu_s(redis_pid)}
     wall = time.monotonic()
     judged_from = {t: int(i.get("judged_to") or 0) for t, i in infos(store).items()}
-    ticks = record_ticks(store, args.seconds)
+    recorder = Recorder(store)
+    time.sleep(args.seconds)
+    ticks = recorder.stop()
     wall = time.monotonic() - wall
     cpu = {k: (cpu_s(procs[k].pid if k in procs else redis_pid) - v) / wall
            for k, v in cpu_before.items()}  # fmt: skip
@@ -416,7 +411,7 @@ def run(
     victim = procs["worker0"]
     lost = [s for s, h in enumerate(holders) if h == victim_token]
     lost_metrics = sum(1 for m in names if shard_of(m) in set(lost))
-    recorder = Recorder(store, last_ticks(store))
+    recorder = Recorder(store)
     killed_wall = time.time()
     killed = time.monotonic()
     victim.send_signal(signal.SIGKILL)

@@ -232,7 +232,8 @@ class Worker:
         self._saving_at = 0  # the second the snapshots being written are valid at
         self._hurry = threading.Event()  # set: write them without pause
         # ... and the snapshots of shards just taken are read by another, as soon as the
-        # lease thread takes them, for the tick that takes their metrics on
+        # lease thread takes them, for the tick that takes their metrics on (it also
+        # reads and matches the metric names for the rescans)
         self._prefetcher: ThreadPoolExecutor | None = None
         self._scanning: Future[list[str] | None] | None = None  # a rescan in the background
         self._known: tuple[int, int] | None = None  # names read last, rescans since
@@ -542,30 +543,31 @@ class Worker:
         self._last_rescan = now
         if force or self._prefetcher is None:
             self._scanning = None  # one in the background may have matched older rules
-            names = self._scan()
-            assert names is not None
-            self._matched(names, now, force)
+            self._matched(self._scan(), now, force)
         elif self._scanning is None:
-            self._scanning = self._prefetcher.submit(self._scan, True)
+            self._scanning = self._prefetcher.submit(self._scan_if_new)
 
-    def _scan(self, cheap: bool = False) -> list[str] | None:
-        """The metrics the rules name or match among the known names. ``cheap``: ``None``
-        (no change) if there are as many known names as at the last read, unless that was
-        :data:`FULL_RESCAN_EVERY` rescans ago."""
+    def _scan(self) -> list[str]:
+        """The metrics the rules name or match among the known names."""
         if not any(r.is_glob for r in self.rules.rules):
+            self._known = None
             return self.rules.metrics([])
+        known = self.store.metric_names()
+        self._known = (len(known), 0)
+        return self.rules.metrics(known)
+
+    def _scan_if_new(self) -> list[str] | None:
+        """:meth:`_scan`, or ``None`` (nothing new) if there are as many known names as
+        at the last read, unless that was :data:`FULL_RESCAN_EVERY` rescans ago."""
         last = self._known
         if (
-            cheap
-            and last is not None
+            last is not None
             and last[1] < FULL_RESCAN_EVERY - 1
             and self.store.count_metric_names() == last[0]
         ):
             self._known = (last[0], last[1] + 1)
             return None
-        known = self.store.metric_names()
-        self._known = (len(known), 0)
-        return self.rules.metrics(known)
+        return self._scan()
 
     def _rescanned(self, now: float) -> None:
         """Take on the result of the background rescan (a failed read is logged; the
