@@ -10,10 +10,11 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 from httpstub import Recorder
@@ -77,15 +78,30 @@ class RoundTrip:
 
 
 class _RecordingConnection(redis.Connection):
-    """Records each batch of commands packed to be sent in one go (a pipeline's
-    execution, or the store's own pipelined round trip) in ``trips``."""
+    """Records each batch of commands sent in one go (a pipeline's execution, or the
+    store's own pipelined round trip) in ``trips``, read back from the bytes sent;
+    single commands are not recorded."""
 
     trips: list[RoundTrip]  # one list per recording client (see recording_client)
+    _single = False
 
-    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[Any]:
-        batch = [tuple(command) for command in commands]
-        self.trips.append(RoundTrip(batch))
-        return super().pack_commands(batch)
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self._single = True
+        try:
+            super().send_command(*args, **kwargs)
+        finally:
+            self._single = False
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._single:
+            reader = hiredis.Reader()
+            for chunk in [command] if isinstance(command, bytes) else command:
+                reader.feed(bytes(chunk))
+            batch = []
+            while (sent := reader.gets()) is not False:
+                batch.append(tuple(arg.decode("utf-8", "replace") for arg in sent))
+            self.trips.append(RoundTrip(batch))
+        super().send_packed_command(command, check_health)
 
 
 class RecordingRedis(redis.Redis):

@@ -188,3 +188,15 @@ def test_batch_state_and_snapshot_methods_round_trip(store: Store) -> None:
     store.set_blobs({"a": b"\x00one", "b": b"\xfftwo"})
     assert store.get_blobs(["a", "missing", "b"]) == [b"\x00one", None, b"\xfftwo"]
     assert store.get_blobs([]) == []
+
+
+def test_a_value_redis_cannot_take_is_a_store_error_and_the_store_goes_on(store: Store) -> None:
+    """Batched writes are packed by hiredis; a value it refuses (a bool, a numpy int)
+    is a one-line StoreError, as redis-py would report it, and the store goes on
+    working (nothing half-sent is left on the pooled connection)."""
+    with pytest.raises(StoreError, match="writing states failed.*str, int, float or bytes"):
+        store.set_states({"a": {"status": "ok", "flag": True}})
+    with pytest.raises(StoreError, match="writing states failed.*str, int, float or bytes"):
+        store.set_states({"a": {"minutes_seen": np.int64(3)}})
+    store.set_states({"a": {"status": "ok", "score": -1.25, "minutes": 7}})
+    assert store.get_states(["a"]) == [{"status": "ok", "score": "-1.25", "minutes": "7"}]

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import hiredis
 import numpy as np
 import redis
 
@@ -193,20 +194,26 @@ class Store:
         replies read on one pooled connection, with redis-py's own retry of a dropped
         connection: its ``Pipeline`` costs twice as much per command (measured with
         25,000 HMGETs: 290 ms against 150 ms), and a worker's tick is mostly such
-        reads. A ``RedisCluster`` needs its pipeline, which routes each command to its
-        node. An error reply raises (after the connection is dropped, since replies
-        were left unread). Call inside :meth:`_errors`."""
+        reads. The commands are packed by hiredis itself, without redis-py's wrapper
+        around it, which costs three times as much (25,000 HMGETs: 0.19-0.24 s against
+        0.04-0.08 s). A ``RedisCluster`` needs its pipeline, which routes each command
+        to its node. An error reply raises (after the connection is dropped, since
+        replies were left unread). Call inside :meth:`_errors`."""
         if not isinstance(self.client, redis.Redis):
             cluster: Any = self.client  # redis-py leaves the cluster client untyped
             pipe = cluster.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
             return list(pipe.execute())
+        try:
+            packed: list[bytes] | None = [b"".join(map(hiredis.pack_command, commands))]
+        except TypeError:  # an argument hiredis cannot take: redis-py's packing says which
+            packed = None
         pool = self.client.connection_pool
         conn: Any = pool.get_connection()
 
         def send_and_read() -> list[Any]:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(packed if packed is not None else conn.pack_commands(commands))
             return [conn.read_response() for _ in commands]
 
         def drop(_error: Exception) -> None:
