@@ -207,6 +207,7 @@ class Worker:
         self._all_version = 0
         self._lost_since: dict[int, float] = {}  # shards whose lease lapsed -> when noticed
         self._shards_seen: tuple[frozenset[tuple[int, int]], int] | None = None
+        self._gain_pending = False  # metrics of held shards not taken on yet
         if shards is not None:
             self._use_shards(shards)
         self.monitor = monitor
@@ -372,6 +373,7 @@ class Worker:
         if self._deciding:
             with phase("status"):
                 self._write_statuses(now, end)
+                self._write_judged_to()
         return alerts
 
     def _snapshot_due(self, now: float) -> bool:
@@ -389,6 +391,16 @@ class Worker:
         elif now - self._last_status >= STATUS_EVERY_S:
             self.write_status(end, rows)
             self._last_status = now
+
+    def _write_judged_to(self) -> None:
+        """Record, for the shards whose metrics this worker judges, the second it has
+        judged them up to, so a worker taking them over after a crash only feeds the
+        seconds before it (statuses say the same, but are written a part per tick)."""
+        nxt = self.detector.next_second
+        if self.shards is None or nxt is None or self._gain_pending:
+            return
+        held = [n for n in self.shards.held() if n not in self._lost_since]
+        self.store.set_judged_to(held, nxt)
 
     def _closed_end(self, now: float) -> int:
         """The first second not to judge yet: every earlier one has been flushed by each
@@ -716,7 +728,8 @@ class Worker:
                 log.warning("%s", exc)
         have = set(self.metrics)
         new = [m for m in self._all if m not in have and self.shards.shard_of(m) in held]
-        if not new or self._gain(new, end):
+        self._gain_pending = bool(new) and not self._gain(new, end)
+        if not self._gain_pending:
             self._shards_seen = seen
 
     def _keep(self, rows: Sequence[int]) -> None:
@@ -750,6 +763,11 @@ class Worker:
         self._loaded = {}
         with self._phase("restore"):
             states = self.store.get_states(names)
+            judged = [_status_at(st) for st in states]  # judged up to, by their statuses...
+            if self.shards is not None:  # ... or by what their shards' last holder recorded
+                shard = [self.shards.shard_of(m) for m in names]
+                recorded = self.store.judged_to(sorted(set(shard)))
+                judged = [max(j, recorded.get(n, 0)) for j, n in zip(judged, shard, strict=True)]
         # by the minute the snapshot was saved at, and whether a metric's incident opened
         # or closed in the seconds its windows will reach over (those are judged again
         # from the snapshot on, so their windows leave the incident out as before)
@@ -765,7 +783,7 @@ class Worker:
                 [snaps[i] for i in rows],
                 [states[i] for i in rows],
                 base,
-                quiet,
+                min(judged[i] for i in rows) if quiet else None,
             )
         self._last_gain = (len(names), round(time.perf_counter() - began, 3))
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self._phases.items())
@@ -813,12 +831,13 @@ class Worker:
         snaps: Sequence[snapshots.Snapshot | None],
         states: Sequence[dict[str, str]],
         base: int | None,
-        quiet: bool,
+        judged_to: int | None,
     ) -> None:
         """:meth:`_gain` for metrics whose snapshots were all saved at second ``base``
         (``None``: metrics without one, which learn from the history Redis has), with
-        their alert ``states``. ``quiet``: no incident of theirs opened or closed lately,
-        so the seconds since ``base`` that their last judge judged are only fed."""
+        their alert ``states``. ``judged_to``: their last judge judged every second
+        before it, and no incident of theirs opened or closed lately, so the seconds
+        from ``base`` to it are only fed (``None``: all are judged again)."""
         main, at = self.detector, self.detector.next_second
         assert at is not None
         rules = [self.rules.match(m) for m in names]
@@ -853,7 +872,7 @@ class Worker:
         with self._phase("catch-up"):
             # the seconds the last holder judged (its last status says up to where)
             # are only fed; the rest are judged
-            judged_to = min(at, max(base, _judged_to(states))) if quiet else base
+            judged_to = base if judged_to is None else min(at, max(base, judged_to))
             if judged_to > base:
                 sub.update(self.store.read_counts(names, base, judged_to), base, judge=False)
             if at > judged_to:
@@ -1153,12 +1172,12 @@ def _quiet_since(state: dict[str, str], since: int) -> bool:
     return last < since
 
 
-def _judged_to(states: Sequence[dict[str, str]]) -> int:
-    """The second up to which every one of these metrics has been judged, by the status
-    each one's judge last wrote (see :meth:`Worker.write_status`); 0 if one has none."""
+def _status_at(state: dict[str, str]) -> int:
+    """The second up to which the metric has been judged, by the status its judge last
+    wrote (see :meth:`Worker.write_status`); 0 if it has none."""
     try:
-        return min((int(st["status_at"]) for st in states), default=0)
-    except (KeyError, ValueError):
+        return int(state.get("status_at") or 0)
+    except ValueError:
         return 0
 
 

@@ -61,6 +61,9 @@ key                             type    holds
                                         judging its metrics, with a PX expiry
 ``Pshard:<n>:epoch``            string  integer, INCR'd by each worker that takes shard
                                         ``n``'s lease: its fencing epoch
+``Pshard:<n>:judged``           string  epoch second: every earlier second of shard
+                                        ``n``'s metrics has been judged (written by the
+                                        lease holder after each tick; a day's expiry)
 ==============================  ======  ================================================
 
 ``P`` is the prefix, ``cliffwatch:`` unless configured otherwise.
@@ -158,3 +161,7 @@ class Keys:
     def shard_epoch(self, n: int) -> str:
         """Integer counter, incremented by every worker that takes shard ``n``'s lease."""
         return f"{self.prefix}shard:{n}:epoch"
+
+    def shard_judged(self, n: int) -> str:
+        """Epoch second up to which shard ``n``'s metrics have been judged."""
+        return f"{self.prefix}shard:{n}:judged"

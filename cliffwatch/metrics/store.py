@@ -494,6 +494,26 @@ class Store:
         with self._errors("pruning emitters"):
             return int(self.client.hdel(self.keys.emitters, *stale))
 
+    def set_judged_to(self, shards: Sequence[int], second: int) -> None:
+        """Record that every second before ``second`` of the metrics of ``shards`` has
+        been judged (one pipelined round trip; each record expires after a day). Raises
+        ``StoreError``."""
+        if not shards:
+            return
+        with self._errors("writing how far shards are judged"):
+            self._round_trip(
+                [("SET", self.keys.shard_judged(n), second, "EX", 86_400) for n in shards]
+            )
+
+    def judged_to(self, shards: Sequence[int]) -> dict[int, int]:
+        """What :meth:`set_judged_to` recorded for ``shards`` (those without a record,
+        or with one that is not a second, are left out). Raises ``StoreError``."""
+        if not shards:
+            return {}
+        with self._errors("reading how far shards are judged"):
+            got = self._round_trip([("GET", self.keys.shard_judged(n)) for n in shards])
+        return {n: int(v) for n, v in zip(shards, got, strict=True) if v and v.isdigit()}
+
     def get_states(self, metrics: Sequence[str]) -> list[dict[str, str]]:
         """The alert state hashes of ``metrics`` (``{}`` for none), one pipelined round
         trip per 10,000 metrics. Raises ``StoreError``."""

@@ -14,19 +14,23 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import FakeClock
 from httpstub import Recorder
 from procs import CLIFFWATCH, Processes, Traffic, environment, prefill
 from test_e2e import HISTORY_MINUTES, RATE, labels
 
+from cliffwatch.alerting import worker as worker_module
 from cliffwatch.alerting.alert import no_data_incident
 from cliffwatch.alerting.incidents import Incidents, Route
 from cliffwatch.alerting.shards import SHARDS, LostShard, ShardMap, assignment, shard_of
 from cliffwatch.alerting.worker import HOST_SPREAD_S, TICK_PHASE_S, Worker
 from cliffwatch.metrics.store import Store
 from cliffwatch.rules.config import PAGERDUTY_ROUTING_KEY_ENV, SLACK_TOKEN_ENV, parse_rules
+from cliffwatch.rules.detector import Detector
 
 TOKEN = "xoxb-0000-4444-shardstesttoken"
 ROUTING_KEY = "SHARDtestROUTINGkey0123456789abc"
@@ -163,6 +167,81 @@ def test_a_metrics_no_data_incident_is_decided_by_the_worker_holding_the_metric(
     assert store.get_state(name)["state"] == "firing"
     a.stop()
     b.stop()
+
+
+def test_a_worker_taking_over_after_a_crash_only_feeds_the_seconds_already_judged(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each tick the lease holder records how far it has judged its shards. A
+    worker taking those shards over after the holder died restores the last snapshot
+    and feeds the seconds from it up to that record (judged, and paged on if need be,
+    by the dead worker) without judging them again; only the seconds after it are
+    judged. Statuses say the same, but are written less often (here: never again)."""
+    monkeypatch.setattr(worker_module, "STATUS_EVERY_S", 10_000)
+    rules = parse_rules('[[rule]]\nmetric = "shop*.orders"\n', "<test rules>", env={})
+    start = int(clock.now)
+    rng = np.random.default_rng(5)
+    history = rng.poisson(RATE, (len(METRICS), 40 * 60 + 150))
+
+    def write(second: int) -> None:
+        column = history[:, second - start + 40 * 60]
+        store.write_counts({second: dict(zip(METRICS, column.tolist(), strict=True))})
+
+    for second in range(start - 40 * 60, start):
+        write(second)
+    a, b = ShardMap(store), ShardMap(store)
+    a.step()
+    b.step()
+    a.step()
+    a.release(sorted(a.leaving()))
+    b.step()
+    dead, survivor = (
+        Worker(store, rules, notifiers={}, clock=clock, warmup_minutes=30, shards=shards)
+        for shards in (a, b)
+    )
+    for worker in (dead, survivor):
+        worker.start()
+    for _ in range(135):  # past two whole minutes: snapshots at start + 60 and + 120
+        write(int(clock.now))
+        clock.advance(1.0)
+        for worker, shards in ((dead, a), (survivor, b)):
+            shards.step()
+            worker.tick()
+    dead._saved()
+    judged_to = dead.detector.next_second
+    assert judged_to is not None and judged_to > start + 120
+    taken = sorted(a.held())
+    assert store.judged_to(taken) == dict.fromkeys(taken, judged_to)
+    names = list(dead.metrics)
+    statuses = [int(st["status_at"]) for st in store.get_states(names)]
+    assert max(statuses) < start + 60  # written once, at the start
+
+    for _ in range(3):  # the survivor goes on until the dead worker's leases expire...
+        write(int(clock.now))
+        clock.advance(1.0)
+        b.step()
+        survivor.tick()
+    # ... which is what this does
+    store.client.delete(*(store.keys.shard(n) for n in taken))
+    store.client.zrem(store.keys.workers, a.token)
+    updates: list[tuple[int, int, int, bool]] = []
+    update = Detector.update
+
+    def recording(det: Detector, counts: np.ndarray, at: int, judge: bool = True) -> Any:
+        updates.append((len(counts), at, at + counts.shape[1], judge))
+        return update(det, counts, at, judge=judge)
+
+    monkeypatch.setattr(Detector, "update", recording)
+    write(int(clock.now))
+    clock.advance(1.0)
+    assert set(taken) <= set(b.step())
+    survivor.tick()
+    assert sorted(survivor.metrics) == sorted(METRICS)
+    assert updates == [
+        (len(names), start + 120, judged_to, False),  # fed: the dead worker judged them
+        (len(names), judged_to, judged_to + 3, True),  # judged: nobody had
+        (len(METRICS), judged_to + 3, judged_to + 4, True),  # the tick's own second
+    ]
 
 
 # -- worker processes ---------------------------------------------------------------------
