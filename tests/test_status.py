@@ -273,9 +273,11 @@ def test_a_large_share_writes_its_statuses_a_part_per_tick(
     store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From STATUS_SPREAD_FROM metrics on, no tick writes every status: each tick writes
-    every fifth metric's in turn, so within five ticks each metric's is written once."""
+    every STATUS_SPREAD_S-th metric's in turn, so within that many ticks each metric's is
+    written once."""
     monkeypatch.setattr(worker_module, "STATUS_SPREAD_FROM", 10)
-    names = [f"shop.m{i:02d}" for i in range(20)]
+    spread = worker_module.STATUS_SPREAD_S
+    names = [f"shop.m{i:02d}" for i in range(4 * spread)]
     start = int(clock.now)
     rng = np.random.default_rng(3)
     store.write_counts(
@@ -285,7 +287,7 @@ def test_a_large_share_writes_its_statuses_a_part_per_tick(
     worker = Worker(store, rules, notifiers={}, clock=clock, warmup_minutes=30)
     worker.start()
     written: list[set[str]] = []
-    for _ in range(worker_module.STATUS_EVERY_S):
+    for _ in range(spread):
         states = zip(names, store.get_states(names), strict=True)
         before = {m: st.get("status_at") for m, st in states}
         store.write_counts({int(clock.now): dict.fromkeys(names, RATE)})
@@ -294,5 +296,5 @@ def test_a_large_share_writes_its_statuses_a_part_per_tick(
         after = store.get_states(names)
         changed = zip(names, after, strict=True)
         written.append({m for m, st in changed if st.get("status_at") != before[m]})
-    assert [len(w) for w in written] == [4] * 5
+    assert [len(w) for w in written] == [4] * spread
     assert set().union(*written) == set(names)

@@ -101,7 +101,14 @@ FULL_RESCAN_EVERY = 10
 them only if the count changed, or on every FULL_RESCAN_EVERY-th rescan (names removed
 by hand as others were added)."""
 STATUS_EVERY_S = 5
-STATUS_SPREAD_FROM = 5_000  # from this many metrics on, statuses are written in parts
+STATUS_SPREAD_FROM = 5_000
+STATUS_SPREAD_S = 8
+"""From STATUS_SPREAD_FROM metrics on, each tick writes every STATUS_SPREAD_S-th status
+in turn (each metric's every 8 s), not all of them every STATUS_EVERY_S: at 25,000
+metrics the statuses were the costliest part of a tick after the reads and the math.
+``cliffwatch status`` shows a status older than
+:data:`~cliffwatch.alerting.status.NO_DATA_AFTER_S` (12 s) as "no data", and a takeover
+learns how far a shard was judged from the shard's own record, not from statuses."""
 CATCH_UP_MAX_S = 2 * 3600  # after a long outage of the worker, replay at most this much
 HEARTBEAT_TTL_S = 10.0
 """The heartbeat key expires this long after the last tick: then nobody is ticking."""
@@ -382,12 +389,12 @@ class Worker:
 
     def _write_statuses(self, now: float, end: int) -> None:
         """Every STATUS_EVERY_S: write every judged metric's status; from
-        STATUS_SPREAD_FROM metrics on, a tick writes every STATUS_EVERY_S-th of them
+        STATUS_SPREAD_FROM metrics on, a tick writes every STATUS_SPREAD_S-th of them
         in turn instead, so no tick carries them all."""
         rows = self._judged_rows()
         if len(rows) >= STATUS_SPREAD_FROM:
-            self._status_turn = (self._status_turn + 1) % STATUS_EVERY_S
-            self.write_status(end, rows[self._status_turn :: STATUS_EVERY_S])
+            self._status_turn = (self._status_turn + 1) % STATUS_SPREAD_S
+            self.write_status(end, rows[self._status_turn :: STATUS_SPREAD_S])
         elif now - self._last_status >= STATUS_EVERY_S:
             self.write_status(end, rows)
             self._last_status = now
