@@ -32,7 +32,11 @@ run's alone):
    records every tick of the survivors from the kill until ``--after`` seconds later.
 
 Goals (full run): every tick <= 1 s while all workers run; the killed worker's metrics
-judged again within 10 s; each metric judged by exactly one worker; no incident opened.
+judged again within 10 s; each metric judged by exactly one worker; no incident opened
+that one lone detector, restored from the same snapshot and fed the same counts, would
+not open at the same second. (The traffic is Poisson, and a dip of it deep enough to
+page comes about once in 1,450 metric-days: a run is ~250, and the fixed seed makes
+one of them, ``m022126``'s 15 events in 5 s against 52, at about the 47th second.)
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import redis
 from cliffwatch.alerting import snapshots
 from cliffwatch.alerting.shards import SHARDS, shard_of
 from cliffwatch.metrics.store import Store
-from cliffwatch.rules.detector import Detector
+from cliffwatch.rules.detector import HISTORY_S, Detector
 
 CLIFFWATCH = Path(sys.executable).parent / "cliffwatch"
 TICK_GOAL_S = 1.0
@@ -149,9 +153,12 @@ def _command(*words: str) -> bytes:
 # -- seeding ------------------------------------------------------------------------------
 
 
-def seed(store: Store, names: list[str], rates: np.ndarray) -> tuple[int, dict[str, float]]:
-    """Write a snapshot for every metric, valid at the last whole minute T0; return T0
-    and the snapshot sizes (young, as seeded, and with a full 3-day ring)."""
+def seed(
+    store: Store, names: list[str], rates: np.ndarray
+) -> tuple[int, dict[str, float], list[bytes]]:
+    """Write a snapshot for every metric, valid at the last whole minute T0; return T0,
+    the snapshot sizes (young, as seeded, and with a full 3-day ring) and the templates'
+    snapshots (metric i got template i % K's)."""
     k = len(rates)
     t0 = int(time.time()) // 60 * 60
     start = t0 - LEARN_MINUTES * 60
@@ -176,7 +183,36 @@ def seed(store: Store, names: list[str], rates: np.ndarray) -> tuple[int, dict[s
         "young_b": float(np.mean([len(b) for b in blobs])),
         "full_b": float(np.mean([len(b) for b in full])),
     }
-    return t0, sizes
+    return t0, sizes, blobs
+
+
+def replay(store: Store, name: str, blob: bytes, t0: int, end: int) -> list[int]:
+    """The seconds at which one lone detector opens an incident for ``name``, restored
+    from its seeded snapshot ``blob`` and fed the counts Redis holds from ``t0`` to
+    ``end``: what the sharded workers should have decided, no more, no less."""
+    snap = snapshots.decode(name, blob)
+    assert snap is not None and snap.recent is not None
+    det = Detector(1, warmup_minutes=WARMUP)
+    snapshots.restore(det, [0], [snap])
+    history = np.full((1, HISTORY_S), np.nan, np.float32)
+    history[0, -len(snap.recent) :] = snap.recent
+    det.prime(history, t0 - HISTORY_S)
+    fired = det.update(store.read_counts([name], t0, end), t0)
+    return [t.at for t in fired if t.state == "firing"]
+
+
+def unexplained(store: Store, names: list[str], blobs: list[bytes], t0: int) -> list[str]:
+    """The incidents the workers opened that a lone detector fed the same counts would
+    not have opened at the same second (see :func:`replay`); the others are dips of the
+    Poisson traffic itself, deep enough to page (one comes in about 1,450 metric-days)."""
+    end = int(time.time()) - 5
+    out = []
+    for i, (name, st) in enumerate(zip(names, store.get_states(names), strict=True)):
+        if st.get("incident_id"):
+            at = int(st.get("started_at") or 0)
+            if at not in replay(store, name, blobs[i % len(blobs)], t0, end):
+                out.append(f"{name} at {at}")
+    return out
 
 
 # -- watching the workers -----------------------------------------------------------------
@@ -315,7 +351,7 @@ def run(
     store = Store(client, prefix=prefix)
     names, rates = names_and_rates(n, args.templates)
     began = time.perf_counter()
-    t0, sizes = seed(store, names, rates)
+    t0, sizes, blobs = seed(store, names, rates)
     print(f"seeded {n:,} snapshots in {time.perf_counter() - began:.1f} s (valid at T0={t0})")
 
     total_s = 600 + args.seconds + args.after
@@ -462,6 +498,10 @@ def run(
               f"RSS {rss:,.0f} MiB, peak {peak:,.0f} MiB")  # fmt: skip
     states = store.get_states(names)
     opened_after = sum(1 for st in states if st.get("incident_id"))
+    wrong = unexplained(store, names, blobs, t0)
+    print(f"incidents opened: {opened_after}, of which {opened_after - len(wrong)} a lone "
+          f"detector opens at the same second on the same counts (the traffic's own dips)"
+          + (f"; not: {', '.join(wrong)}" if wrong else ""))  # fmt: skip
     durations = _traffic_durations(procs["traffic"], out)
 
     print("\ngoals:")
@@ -476,7 +516,8 @@ def run(
          f"worker (worst {need:.2f} s)"),
         (len(judges - {None}) == w and judged_by == n, "each metric judged by exactly one "
          "worker"),
-        (opened_after == 0, f"no incident opened ({opened_after})"),
+        (not wrong, f"no incident opened that a lone detector would not open ({len(wrong)} "
+         f"of {opened_after})"),
     ):  # fmt: skip
         failed |= not ok_
         print(f"  {'PASS' if ok_ else 'FAIL'}  {text}")
