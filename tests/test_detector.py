@@ -353,6 +353,21 @@ def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> 
         kept.extend(Detector(1, warmup_minutes=WARMUP))
 
 
+def test_a_detector_takes_on_as_many_metrics_again_without_moving_its_own() -> None:
+    """The large arrays keep room for as many metrics again: a worker taking over all
+    the metrics of a dead one as large as itself builds them in that room, and its own
+    rows stay where they are (no buffer is replaced, so none is copied)."""
+    running = Detector(20, warmup_minutes=WARMUP)
+    running.update(np.full((20, 120), 5.0), T0)
+    buffers = dict(running._room)
+    newcomers = Detector(20, warmup_minutes=WARMUP, host=running)
+    newcomers.align(0)
+    newcomers.update(np.full((20, 120), 5.0), T0)
+    running.extend(newcomers)
+    assert running.n == 40
+    assert all(running._room[name] is buffer for name, buffer in buffers.items())
+
+
 def test_metrics_kept_in_place_go_on_exactly_as_before() -> None:
     """A worker handing a few metrics over keeps the rest in place
     (:meth:`Detector.keep`): the kept metrics past the new end move into the dropped

@@ -847,14 +847,15 @@ class Worker:
         from ``base`` to it are only fed (``None``: all are judged again)."""
         main, at = self.detector, self.detector.next_second
         assert at is not None
-        rules = [self.rules.match(m) for m in names]
-        sub = Detector(  # in the running detector's spare rows
-            len(names),
-            [r.threshold if r else -3.0 for r in rules],
-            [r.min_rate if r else 0.0 for r in rules],
-            self.warmup_minutes,
-            host=main,
-        )
+        with self._phase("build"):
+            rules = [self.rules.match(m) for m in names]
+            sub = Detector(  # in the running detector's spare rows
+                len(names),
+                [r.threshold if r else -3.0 for r in rules],
+                [r.min_rate if r else 0.0 for r in rules],
+                self.warmup_minutes,
+                host=main,
+            )
         if base is not None:
             hist_start = base - HISTORY_S
         else:

@@ -492,7 +492,7 @@ class Detector:
 
         The large per-metric arrays (the per-second ring, the 3-day minute ring) keep
         spare rows, allocated but never written until used, so taking metrics on copies
-        only the newcomers' rows; they grow by half when full."""
+        only the newcomers' rows; they double when full."""
         if (other.next_second, other._pos, other.warmup_minutes) != (
             self.next_second,
             self._pos,
@@ -521,7 +521,7 @@ class Detector:
 
     def _reserve(self, k: int) -> int:
         """Make room for ``k`` more metrics in the large arrays' buffers (moving them to
-        larger ones, half as large again, when full); return the first spare row."""
+        larger ones, twice as large, when full); return the first spare row."""
         for name in _ROWS_FIRST:
             value = getattr(self, name)
             if len(self._room[name]) < self.n + k:
@@ -539,13 +539,14 @@ class Detector:
     ) -> np.ndarray:
         """A new ``(n, *shape)`` array (``n``: this detector's metrics), filled with
         ``fill`` unless ``None``: the leading rows of a buffer kept in ``_room[name]``
-        with room for half as many again (memory the system hands out only once
-        written), or, for a detector with a host, the host's spare rows."""
+        with room for as many again (memory the system hands out only once written: a
+        worker taking over the metrics of another as large as itself fills it without
+        copying its own), or, for a detector with a host, the host's spare rows."""
         n = self.n if n is None else n
         if self._host is not None:  # the host's spare rows
             rows: np.ndarray = self._host._room[name][self._host_at : self._host_at + n]
         else:
-            self._room[name] = np.empty((n + max(n // 2, 16), *shape), dtype)
+            self._room[name] = np.empty((n + max(n, 16), *shape), dtype)
             rows = self._room[name][:n]
         if fill is not None:
             rows[...] = fill
