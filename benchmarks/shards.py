@@ -201,13 +201,16 @@ def replay(store: Store, name: str, blob: bytes, t0: int, end: int) -> list[int]
     return [t.at for t in fired if t.state == "firing"]
 
 
-def unexplained(store: Store, names: list[str], blobs: list[bytes], t0: int) -> list[str]:
-    """The incidents the workers opened that a lone detector fed the same counts would
-    not have opened at the same second (see :func:`replay`); the others are dips of the
-    Poisson traffic itself, deep enough to page (one comes in about 1,450 metric-days)."""
+def unexplained(
+    store: Store, names: list[str], states: list[dict[str, str]], blobs: list[bytes], t0: int
+) -> list[str]:
+    """The incidents the workers opened (by the metrics' alert ``states``) that a lone
+    detector fed the same counts would not have opened at the same second (see
+    :func:`replay`); the others are dips of the Poisson traffic itself, deep enough to
+    page (one comes in about 1,450 metric-days)."""
     end = int(time.time()) - 5
     out = []
-    for i, (name, st) in enumerate(zip(names, store.get_states(names), strict=True)):
+    for i, (name, st) in enumerate(zip(names, states, strict=True)):
         if st.get("incident_id"):
             at = int(st.get("started_at") or 0)
             if at not in replay(store, name, blobs[i % len(blobs)], t0, end):
@@ -498,7 +501,7 @@ def run(
               f"RSS {rss:,.0f} MiB, peak {peak:,.0f} MiB")  # fmt: skip
     states = store.get_states(names)
     opened_after = sum(1 for st in states if st.get("incident_id"))
-    wrong = unexplained(store, names, blobs, t0)
+    wrong = unexplained(store, names, states, blobs, t0)
     print(f"incidents opened: {opened_after}, of which {opened_after - len(wrong)} a lone "
           f"detector opens at the same second on the same counts (the traffic's own dips)"
           + (f"; not: {', '.join(wrong)}" if wrong else ""))  # fmt: skip

@@ -878,7 +878,7 @@ class Worker:
             else:
                 sub.update(self.store.read_counts(names, hist_start, base), hist_start)
         with self._phase("catch-up"):
-            # the seconds the last holder judged (its last status says up to where)
+            # the seconds the last holder judged (by its statuses or its shards' record)
             # are only fed; the rest are judged
             judged_to = base if judged_to is None else min(at, max(base, judged_to))
             if judged_to > base:
