@@ -12,11 +12,13 @@ run's alone):
 1. **Seeds what the metrics learnt.** ``--templates`` detectors (rates log-normal,
    ~0.3-100 events/s) learn 40 minutes of Poisson counts ending at a whole minute T0;
    each metric gets the snapshot of one of them (``cliffwatch.alerting.snapshots``, with
-   its last 18 minutes of counts), and the workers run with ``--warmup 30``, so every
-   metric is *judged* (scored, learnt from and decided on) from its first tick. A day of
-   history per metric would take a day to feed; what a tick costs does not depend on how
-   long a metric learnt, only on how many are judged (checked below: every metric's
-   status must be ``ok``).
+   its last 18 minutes of counts and, as a metric running for days has, a full 3-day
+   ring of per-minute rates, which the workers compress into each minute's snapshots
+   again), and the workers run with ``--warmup 30``, so every metric is *judged*
+   (scored, learnt from and decided on) from its first tick. A day of history per
+   metric would take a day to feed; what a tick costs does not depend on how long a
+   metric learnt, only on how many are judged (checked below: every metric's status
+   must be ``ok``) and on how full the rings it compresses are.
 2. **App traffic.** A separate process writes each second's Poisson counts of every
    metric with ``Store.write_counts`` (one HINCRBY per metric and second, as the apps'
    flushers do) and records itself as an emitter, so the workers tick as soon as it has
@@ -156,22 +158,21 @@ def _command(*words: str) -> bytes:
 def seed(
     store: Store, names: list[str], rates: np.ndarray
 ) -> tuple[int, dict[str, float], list[bytes]]:
-    """Write a snapshot for every metric, valid at the last whole minute T0; return T0,
-    the snapshot sizes (young, as seeded, and with a full 3-day ring) and the templates'
-    snapshots (metric i got template i % K's)."""
+    """Write a snapshot for every metric, valid at the last whole minute T0, with every
+    per-minute rate of its 3-day ring filled (what a metric running for days has, and
+    what the workers then compress each minute); return T0, the snapshot sizes (young,
+    with only the minutes learnt, and full, as seeded) and the templates' snapshots
+    (metric i got template i % K's)."""
     k = len(rates)
     t0 = int(time.time()) // 60 * 60
     start = t0 - LEARN_MINUTES * 60
     det = Detector(k, warmup_minutes=WARMUP)
     rng = np.random.default_rng(11)
     det.update(rng.poisson(rates[:, None], (k, t0 - start)).astype(float), start)
+    young = snapshots.encode(t0, det.pack(range(k)), det.recent_counts(range(k)))
+    ring = det._minutes[:k]
+    ring[:] = (rates[:, None] * rng.normal(1.0, 0.1, ring.shape)).astype(np.float32)
     blobs = snapshots.encode(t0, det.pack(range(k)), det.recent_counts(range(k)))
-    # the same metrics after 3 days: every per-minute rate of the ring filled
-    old = det.take(range(k))
-    old._minutes[:] = (rates[:, None] * rng.normal(1.0, 0.1, old._minutes.shape)).astype(
-        np.float32
-    )
-    full = snapshots.encode(t0, old.pack(range(k)), old.recent_counts(range(k)))
     pipe = store.client.pipeline(transaction=False)
     for i, name in enumerate(names):
         pipe.set(store.keys.detector(name), blobs[i % k])
@@ -180,8 +181,8 @@ def seed(
     pipe.sadd(store.keys.metrics, *names)
     pipe.execute()
     sizes = {
-        "young_b": float(np.mean([len(b) for b in blobs])),
-        "full_b": float(np.mean([len(b) for b in full])),
+        "young_b": float(np.mean([len(b) for b in young])),
+        "full_b": float(np.mean([len(b) for b in blobs])),
     }
     return t0, sizes, blobs
 
@@ -438,9 +439,8 @@ def run(
           f"{cpu['redis'] * 100:.0f} %, all CPUs {os.cpu_count()} x 100 %; load average "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"Redis used_memory {mem['used_memory'] / 2**20:,.0f} MiB; snapshots "
-          f"{snap_bytes / 2**20:,.0f} MiB ({snap_bytes / n:,.0f} B per metric as seeded; "
-          f"{sizes['full_b']:,.0f} B with a full 3-day ring: "
-          f"{sizes['full_b'] * 100_000 / 2**30:.2f} GiB per 100,000 metrics)")  # fmt: skip
+          f"{snap_bytes / 2**20:,.0f} MiB ({snap_bytes / n:,.0f} B per metric with a full "
+          f"3-day ring, {sizes['young_b']:,.0f} B with 40 minutes learnt)")  # fmt: skip
     print(f"judged by exactly one worker: {len(judges - {None}) == w and None not in judges} "
           f"(statuses written by the lease holder: {judged_by:,} of {n:,}); status ok: "
           f"{ok:,} of {n:,}; incidents opened: {opened}")  # fmt: skip
