@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 import zlib
 
 import numpy as np
 import pytest
+import zstandard
 
 from cliffwatch.alerting import snapshots
 from cliffwatch.rules.detector import (
@@ -467,7 +469,41 @@ def test_a_snapshot_saved_before_the_tail_calibration_is_upgraded() -> None:
         np.testing.assert_array_equal(getattr(back, name), expected, err_msg=name)
     header = blob[: len(snapshots.MAGIC) + 8]  # magic and the second it is valid at
     unknown = earlier[:-5].tobytes() + np.zeros(RECENT_S, np.float32).tobytes()
-    assert snapshots.decode("orders.created", header + zlib.compress(unknown)) is None
+    assert snapshots.decode("orders.created", header + zstandard.compress(unknown)) is None
+
+
+def test_a_snapshot_compressed_with_zlib_by_an_earlier_version_is_still_read() -> None:
+    """Snapshots are now compressed with Zstandard; one an earlier version wrote with
+    zlib (its own magic) gives back exactly what the metric had learnt, as the new
+    format does."""
+    det = Detector(1, warmup_minutes=WARMUP)
+    det.update(very_bursty(40, 90 * 60, seed=76)[None], T0)
+    at = T0 + 90 * 60
+    packed, recent = det.pack([0]), det.recent_counts([0]).astype(np.float32)
+    earlier = snapshots._HEADER.pack(snapshots.ZLIB_MAGIC, at) + zlib.compress(
+        packed[0].tobytes() + recent[0].tobytes(), 1
+    )
+    now = snapshots.encode(at, packed, recent)[0]
+    assert now[:4] == snapshots.MAGIC != snapshots.ZLIB_MAGIC
+    for blob in (earlier, now):
+        snap = snapshots.decode("orders.created", blob)
+        assert snap is not None and snap.at == at
+        assert snap.packed is not None and snap.recent is not None
+        np.testing.assert_array_equal(snap.packed, packed[0])
+        np.testing.assert_array_equal(snap.recent, recent[0])
+
+
+def test_a_snapshot_claiming_to_be_larger_than_any_is_ignored_unread() -> None:
+    """A Zstandard frame whose header claims more bytes than any snapshot holds (a
+    corrupt or foreign value under the key) is ignored before it is decompressed:
+    decompressing it would first ask for that much memory (a MemoryError here)."""
+    header = snapshots._HEADER.pack(snapshots.MAGIC, T0)
+    # a frame of one raw byte whose header says 1 TiB: magic, descriptor (8-byte content
+    # size, single segment), the size, then a last raw block of 1 byte
+    huge = struct.pack("<IBQ", 0xFD2FB528, 0xE0, 2**40) + bytes([9, 0, 0]) + b"x"
+    assert zstandard.frame_content_size(huge) == 2**40
+    assert snapshots.decode("orders.created", header + huge) is None
+    assert snapshots.decode("orders.created", header + b"not a frame") is None
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:
