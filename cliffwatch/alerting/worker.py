@@ -86,7 +86,9 @@ EMITTER_LIVE_S = 5.0  # an app process that flushed this recently is waited for
 SNAPSHOT_EVERY_S = 300
 SHARDED_SNAPSHOT_EVERY_S = 60
 """With shard leases (every ``run()``), snapshots are saved every minute: a dead worker's
-metrics are taken over from at most a minute back."""
+metrics are taken over from at most a minute back. A worker within that much of the clock
+saves them every that many seconds of data; one catching up, at most that often by the
+clock (not at every whole minute it replays)."""
 SNAPSHOT_SPREAD_S = 30.0
 """The background thread spreads writing a minute's snapshots (compressing ~25 KB per
 metric) over this long, so that several workers on one machine do not all compress at
@@ -230,7 +232,8 @@ class Worker:
         self._stop = threading.Event()
         self._signals = 0
         self._last_rescan = -math.inf
-        self._last_snapshot = -math.inf
+        self._last_snapshot = -math.inf  # by the clock
+        self._snapshot_at = -math.inf  # the epoch second the last snapshot is valid at
         self._last_status = -math.inf
         self._status_turn = 0  # which part of a large share's statuses is written next
         # In the live loop (run), the minute's snapshots are compressed and written by
@@ -350,7 +353,7 @@ class Worker:
         nxt = self.detector.next_second
         if nxt is None or not self.metrics:
             return alerts
-        if self.shards is not None and nxt % 60 == 0 and self._snapshot_due(now):
+        if self.shards is not None and nxt % 60 == 0 and self._snapshot_due(now, nxt):
             # the tick after a whole minute's: that one closed the minute
             with phase("snapshot"):
                 self.save_snapshots(nxt)
@@ -374,7 +377,7 @@ class Worker:
         if self._deciding:  # a follower decides nothing
             with phase("no-data"):
                 alerts += self._check_blind(now, end)
-        if self.shards is None and end % 60 == 0 and self._snapshot_due(now):
+        if self.shards is None and end % 60 == 0 and self._snapshot_due(now, end):
             with phase("snapshot"):
                 self.save_snapshots(end)
         if self._deciding:
@@ -383,8 +386,13 @@ class Worker:
                 self._write_judged_to()
         return alerts
 
-    def _snapshot_due(self, now: float) -> bool:
+    def _snapshot_due(self, now: float, at: int) -> bool:
+        """Whether to save snapshots valid at ``at``, a whole minute: a period of data
+        after the last ones when ``at`` is within a period of the clock, else (catching
+        up) a period of the clock after them."""
         every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
+        if now - at < every:
+            return self._deciding and at - self._snapshot_at >= every
         return self._deciding and now - self._last_snapshot >= every - 1
 
     def _write_statuses(self, now: float, end: int) -> None:
@@ -1024,6 +1032,7 @@ class Worker:
             self._saving = self._saver.submit(self._write_spread, copied, self._hurry)
             self._saving_at = self.detector.next_second or at
         self._last_snapshot = self.clock()
+        self._snapshot_at = at
 
     def _saved(self) -> None:
         """Wait for the snapshots being written in the background, if any; log if that

@@ -23,6 +23,7 @@ from httpstub import Recorder
 from procs import CLIFFWATCH, Processes, Traffic, environment, prefill
 from test_e2e import HISTORY_MINUTES, RATE, labels
 
+from cliffwatch.alerting import snapshots
 from cliffwatch.alerting import worker as worker_module
 from cliffwatch.alerting.alert import no_data_incident
 from cliffwatch.alerting.incidents import Incidents, Route
@@ -242,6 +243,55 @@ def test_a_worker_taking_over_after_a_crash_only_feeds_the_seconds_already_judge
         (len(names), judged_to, judged_to + 3, True),  # judged: nobody had
         (len(METRICS), judged_to + 3, judged_to + 4, True),  # the tick's own second
     ]
+
+
+def test_a_worker_snapshots_every_minute_of_data_once_within_a_minute_of_the_clock(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sharded worker far behind the clock replays minute by minute, and saves
+    snapshots at most once a minute by the clock, not at every minute it replays. Once
+    within a minute of the clock it saves them at every whole minute of data, even when
+    the last ones, made while catching up, are only seconds old: a takeover then never
+    starts from more than a minute back."""
+    rules = parse_rules('[[rule]]\nmetric = "shop*.orders"\n', "<test rules>", env={})
+    start = int(clock.now)
+    assert start % 60 == 0
+    rng = np.random.default_rng(6)
+
+    def write(second: int) -> None:
+        counts = rng.poisson(RATE, len(METRICS)).tolist()
+        store.write_counts({second: dict(zip(METRICS, counts, strict=True))})
+
+    for second in range(start - 40 * 60, start):
+        write(second)
+    shards = ShardMap(store)
+    shards.step()
+    worker = Worker(store, rules, notifiers={}, clock=clock, warmup_minutes=30, shards=shards)
+    worker.start()
+    saved: list[tuple[int, float]] = []  # (valid at, clock)
+    save = Worker.save_snapshots
+
+    def recording(self: Worker, at: int) -> None:
+        saved.append((at, clock.now))
+        save(self, at)
+
+    monkeypatch.setattr(Worker, "save_snapshots", recording)
+    for _ in range(250):  # the worker stalls: 250 s of counts, no tick
+        write(int(clock.now))
+        clock.advance(1.0)
+    for _ in range(130):
+        write(int(clock.now))
+        clock.advance(1.0)
+        shards.step()
+        worker.tick()
+    assert worker.detector.next_second == int(clock.now) - 1
+    # catching up: at start (the first), not at + 60 to + 180 (the clock moved 1-3 s);
+    # at + 240 (within a minute of the clock), then every minute live
+    assert [at - start for at, _ in saved] == [0, 240, 300, 360]
+    assert saved[1][1] - saved[0][1] < 10
+    snapshot = snapshots.decode(METRICS[0], store.get_blob(METRICS[0]))
+    assert snapshot is not None and snapshot.at == start + 360
+    worker.close()
 
 
 # -- worker processes ---------------------------------------------------------------------
