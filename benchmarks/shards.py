@@ -303,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0, help="ticks recorded")
     parser.add_argument("--after", type=float, default=30.0, help="ticks recorded after kill")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after the workers caught up, before recording",
+    )
     parser.add_argument("--templates", type=int, default=256)
     parser.add_argument("--logs", type=Path, help="copy the workers' logs to this directory")
     parser.add_argument("--traffic", nargs=6, help=argparse.SUPPRESS)
@@ -392,6 +398,7 @@ def run(
         print(f"... and are caught up with the clock after {time.perf_counter() - began:.1f} s")
     except TimeoutError:
         print("... and are NOT caught up with the clock 120 s later: recording anyway")
+    time.sleep(args.settle)
 
     # -- all workers, live ------------------------------------------------------------
     tokens = {t: pid_of.get(int(i["pid"]), "?") for t, i in infos(store).items()}
