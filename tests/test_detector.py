@@ -17,7 +17,9 @@ from cliffwatch.rules.detector import (
     _LEARNT,
     HISTORY_S,
     LEND_S,
+    RECENT_MINUTES,
     RECENT_S,
+    RING_MINUTES,
     SCALES,
     TAIL_P,
     Detector,
@@ -504,6 +506,21 @@ def test_a_snapshot_claiming_to_be_larger_than_any_is_ignored_unread() -> None:
     assert zstandard.frame_content_size(huge) == 2**40
     assert snapshots.decode("orders.created", header + huge) is None
     assert snapshots.decode("orders.created", header + b"not a frame") is None
+
+
+def test_the_recent_rate_is_the_median_of_the_last_hours_minutes_across_the_rings_end(
+) -> None:
+    """The recent normal rate is the median of the last hour's per-minute rates, also
+    when that hour spans the end of the ring of minutes and its start (read as two
+    slices)."""
+    first = (1_700_000_000 // 60 // RING_MINUTES + 1) * RING_MINUTES - 1000  # epoch minute
+    minutes = 1000 + RECENT_MINUTES // 2  # the last hour: 30 minutes each side of the end
+    rates = np.arange(1.0, minutes + 1)  # one rate per minute, each its own
+    det = Detector(2, warmup_minutes=10 * minutes)  # learning only
+    det.update(np.repeat(np.stack([rates, 2 * rates]), 60, axis=1), first * 60)
+    hour = rates[-RECENT_MINUTES:]
+    assert (first + minutes - RECENT_MINUTES) % RING_MINUTES > (first + minutes) % RING_MINUTES
+    np.testing.assert_array_equal(det.recent, [np.median(hour), 2 * np.median(hour)])
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:

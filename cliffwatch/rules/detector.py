@@ -789,7 +789,12 @@ class Detector:
         self.minutes_seen += self._minute_valid >= 30
 
         def span(first: int, last: int) -> np.ndarray:
-            return _nanmedian(self._minutes[:, np.arange(first, last + 1) % r])
+            # slices, not an index array: gathering 60 columns of the 3-day ring by
+            # index took 4x as long as the median itself
+            lo, hi = first % r, last % r + 1
+            if lo < hi:
+                return _nanmedian(self._minutes[:, lo:hi])
+            return _nanmedian(np.concatenate([self._minutes[:, lo:], self._minutes[:, :hi]], 1))
 
         recent = span(minute - RECENT_MINUTES + 1, minute)
         guesses = []
