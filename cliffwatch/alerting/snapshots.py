@@ -13,9 +13,9 @@ seconds since it was saved, not the ~18 minutes of history the detector's window
 back over.
 
 Zstandard, not zlib: every metric is compressed again each minute, and a full ring is
-mostly the random low bits of float32 rates, where zlib's level 1 spent ~360 µs a metric
-(9 CPU-seconds a minute for a worker of 25,000 metrics) and Zstandard's ~35 µs, for a
-slightly smaller blob; it also decompresses 4-5 times faster, which is a takeover's
+mostly the random low bits of float32 rates, where zlib's level 1 spent ~380 µs a metric
+(9.5 CPU-seconds a minute for a worker of 25,000 metrics) and Zstandard's ~45 µs, for a
+slightly smaller blob; it also decompresses 4 times as fast, which is a takeover's
 load (``benchmarks/snapshots.py``). Snapshots written by earlier versions, with zlib
 (:data:`ZLIB_MAGIC`) or ``np.savez`` (a zip file), are still read.
 
@@ -49,8 +49,8 @@ MAGIC = b"CWS2"
 ZLIB_MAGIC = b"CWS1"
 """The first bytes of a snapshot of earlier versions: the same, compressed with zlib."""
 LEVEL = 1
-"""Zstandard's compression level: its fastest but for the negative ones, which gave up
-a tenth of the size for a third less time."""
+"""Zstandard's compression level: the fastest of the positive ones (the negative ones
+trade size for more speed)."""
 CHUNK = 2_000
 """Metrics packed, compressed and written per round trip (bounds the memory it takes)."""
 
@@ -85,7 +85,7 @@ _local = threading.local()
 
 
 def _unzstd(data: bytes) -> bytes:
-    """``data`` decompressed, by this thread's own decompressor (one is ~25 µs to make,
+    """``data`` decompressed, by this thread's own decompressor (one is ~20 µs to make,
     and not to share across threads); ``ValueError`` if it claims to be larger than any
     snapshot."""
     size = zstandard.frame_content_size(data)
