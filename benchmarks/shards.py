@@ -155,6 +155,23 @@ def _command(*words: str) -> bytes:
 # -- seeding ------------------------------------------------------------------------------
 
 
+def template_states(rates: np.ndarray, t0: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What one detector per rate learnt from LEARN_MINUTES of Poisson counts ending at
+    the whole minute ``t0``: ``{"young" | "full": (packed rows, recent seconds)}``, young
+    with only those minutes in its 3-day ring of per-minute rates, full with every
+    minute of it filled around its rate (as after three days)."""
+    k = len(rates)
+    start = t0 - LEARN_MINUTES * 60
+    det = Detector(k, warmup_minutes=WARMUP)
+    rng = np.random.default_rng(11)
+    det.update(rng.poisson(rates[:, None], (k, t0 - start)).astype(float), start)
+    out = {"young": (det.pack(range(k)), det.recent_counts(range(k)))}
+    ring = det._minutes[:k]
+    ring[:] = (rates[:, None] * rng.normal(1.0, 0.1, ring.shape)).astype(np.float32)
+    out["full"] = (det.pack(range(k)), det.recent_counts(range(k)))
+    return out
+
+
 def seed(
     store: Store, names: list[str], rates: np.ndarray
 ) -> tuple[int, dict[str, float], list[bytes]]:
@@ -165,14 +182,9 @@ def seed(
     (metric i got template i % K's)."""
     k = len(rates)
     t0 = int(time.time()) // 60 * 60
-    start = t0 - LEARN_MINUTES * 60
-    det = Detector(k, warmup_minutes=WARMUP)
-    rng = np.random.default_rng(11)
-    det.update(rng.poisson(rates[:, None], (k, t0 - start)).astype(float), start)
-    young = snapshots.encode(t0, det.pack(range(k)), det.recent_counts(range(k)))
-    ring = det._minutes[:k]
-    ring[:] = (rates[:, None] * rng.normal(1.0, 0.1, ring.shape)).astype(np.float32)
-    blobs = snapshots.encode(t0, det.pack(range(k)), det.recent_counts(range(k)))
+    learnt = template_states(rates, t0)
+    young = snapshots.encode(t0, *learnt["young"])
+    blobs = snapshots.encode(t0, *learnt["full"])
     pipe = store.client.pipeline(transaction=False)
     for i, name in enumerate(names):
         pipe.set(store.keys.detector(name), blobs[i % k])

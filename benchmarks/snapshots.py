@@ -7,7 +7,7 @@ Run from the repository root with the project's Python::
 
 A worker snapshots every metric it judges once a minute (``cliffwatch.alerting.
 snapshots``), and a worker taking a shard over reads them back. ``--metrics`` detectors
-(rates log-normal, ~0.3-100 events/s, as in ``benchmarks/shards.py``) learn 40 minutes
+(rates log-normal, ~0.3-100 events/s: ``benchmarks/shards.py``'s templates) learn 40 minutes
 of Poisson counts; each is encoded *young* (only those minutes in its 3-day ring of
 per-minute rates) and *full* (every minute of the ring filled, as after three days).
 Both are encoded and decoded with the format written now (Zstandard) and the one
@@ -24,25 +24,11 @@ import time
 import zlib
 
 import numpy as np
+from shards import names_and_rates, template_states  # the same detectors as seeded there
 
 from cliffwatch.alerting import snapshots
-from cliffwatch.rules.detector import Detector
 
 WORKER_METRICS = 25_000
-
-
-def templates(k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{"young"|"full": (packed rows, recent seconds)}`` of ``k`` detectors."""
-    rates = np.random.default_rng(7).lognormal(1.5, 1.2, k).clip(0.3, 100.0)
-    rng = np.random.default_rng(11)
-    det = Detector(k, warmup_minutes=30)
-    t0 = 1_800_000_000
-    det.update(rng.poisson(rates[:, None], (k, 40 * 60)).astype(float), t0 - 40 * 60)
-    out = {"young": (det.pack(range(k)), det.recent_counts(range(k)))}
-    ring = det._minutes[:k]
-    ring[:] = (rates[:, None] * rng.normal(1.0, 0.1, ring.shape)).astype(np.float32)
-    out["full"] = (det.pack(range(k)), det.recent_counts(range(k)))
-    return out
 
 
 def encode_zlib(at: int, packed: np.ndarray, recent: np.ndarray) -> list[bytes]:
@@ -66,7 +52,8 @@ def main() -> int:
     print(f"{k} metrics, {rounds} rounds; µs per metric (median of the rounds)")
     print(f"{'ring':<6} {'format':<6} {'encode µs':>9} {'decode µs':>9} {'bytes':>7} "
           f"{'encode s/min @25k':>17} {'decode s @25k':>13}")  # fmt: skip
-    for ring, (packed, recent) in templates(k).items():
+    rates = names_and_rates(0, k)[1]
+    for ring, (packed, recent) in template_states(rates, 1_800_000_000).items():
         enc: dict[str, list[float]] = {c: [] for c in codecs}
         dec: dict[str, list[float]] = {c: [] for c in codecs}
         size: dict[str, float] = {}
