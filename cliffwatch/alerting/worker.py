@@ -391,9 +391,11 @@ class Worker:
         after the last ones when ``at`` is within a period of the clock, else (catching
         up) a period of the clock after them."""
         every = SNAPSHOT_EVERY_S if self.shards is None else SHARDED_SNAPSHOT_EVERY_S
+        if not self._deciding:
+            return False
         if now - at < every:
-            return self._deciding and at - self._snapshot_at >= every
-        return self._deciding and now - self._last_snapshot >= every - 1
+            return at - self._snapshot_at >= every
+        return now - self._last_snapshot >= every - 1
 
     def _write_statuses(self, now: float, end: int) -> None:
         """Every STATUS_EVERY_S: write every judged metric's status; from
