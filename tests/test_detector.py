@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import struct
 import zlib
@@ -10,6 +11,8 @@ import zlib
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cliffwatch.alerting import snapshots
 from cliffwatch.rules.detector import (
@@ -23,6 +26,8 @@ from cliffwatch.rules.detector import (
     SCALES,
     TAIL_P,
     Detector,
+    _lowest_of_both,
+    _lowest_with,
     _nb_signed_root,
     _split,
 )
@@ -521,6 +526,24 @@ def test_the_recent_rate_is_the_median_of_the_last_hours_minutes_across_the_ring
     hour = rates[-RECENT_MINUTES:]
     assert (first + minutes - RECENT_MINUTES) % RING_MINUTES > (first + minutes) % RING_MINUTES
     np.testing.assert_array_equal(det.recent, [np.median(hour), 2 * np.median(hour)])
+
+
+LOW = st.sampled_from([0.0, 0.05, 0.2, 0.7, 1.0, math.inf, math.nan])  # ties, inf, NaN
+
+
+@given(st.lists(st.lists(LOW, min_size=3, max_size=3), min_size=1, max_size=6), LOW)
+def test_the_natural_floor_selects_the_three_lowest_as_a_sort_would(
+    halves: list[list[float]], new: float
+) -> None:
+    """The natural floor keeps each half-day's three lowest minutes, sorted, and is the
+    third lowest of them all: chosen with min and max, it is what sorting everything
+    gives, NaN counted last as a sort puts it."""
+    low = np.sort(np.asarray(halves), axis=1)  # each half-day's three lowest, sorted
+    now = _lowest_with(low[0], np.float64(new))
+    np.testing.assert_array_equal(now, np.sort(np.append(low[0], new))[:3])
+    every = np.sort(np.concatenate([now, low[1:].ravel()]))
+    third = functools.reduce(_lowest_of_both, low[1:], now)[-1]
+    np.testing.assert_array_equal(third, every[2])
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:
