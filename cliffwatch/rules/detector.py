@@ -614,7 +614,7 @@ class Detector:
         out: list[Transition] = []
         j = 0
         while j < n:
-            score, s, nv, worst, e, local, raw = self._scores(rows, pos0 + j, n - j)
+            score, s, nv, worst, e, local, raw = self._scores(pos0 + j, n - j)
             k, changes = self._next_transitions(score, s, nv, worst, pos0 + j, n - j, judged)
             upto = n - j if k is None else k + 1
             self._learn_noise(s[..., :upto], nv[..., :upto], local[..., :upto], e[..., :upto])
@@ -656,45 +656,48 @@ class Detector:
         self.last_data[rows] = np.where(valid.any(axis=1), newest, self.last_data[rows])
 
     def _window_sums(
-        self, rows: np.ndarray, pos0: int, n: int, widths: np.ndarray
+        self, rows: slice, pos0: int, n: int, widths: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Events and seconds with data in the ``w`` seconds up to each new second, for
         each width: two ``(widths, rows, n)`` arrays. Seconds before a metric's clear
         position (inside its last incident) are left out of its windows."""
         ends = pos0 + np.arange(n)
-        begins = ends[None, :] - widths[:, None]  # the position just before each window
-        begins = np.maximum(begins[:, None, :], self._clear_pos[rows][None, :, None] - 1)
-        have = begins >= 0
-        bi = np.where(have, begins, 0) % HISTORY_S
         ei = ends % HISTORY_S
-        # index the cells needed, never ``self._csum[rows]``: that copies every row's
-        # whole history (~17 MB per 1,000 metrics) each tick
-        c, v = self._csum, self._cvalid
-        r = rows[None, :, None]
-        c_beg = np.where(have, c[r, bi], 0.0)
-        v_beg = np.where(have, v[r, bi], 0.0)
-        at_end = np.ix_(rows, ei)
-        return c[at_end][None] - c_beg, v[at_end][None] - v_beg
+        begins = np.maximum(ends[None, :] - widths[:, None], -1)  # -1: before the first
+        clear = self._clear_pos[rows]
+        late = np.flatnonzero(clear - 1 > begins.min())  # a window starts in an incident
+        out = []
+        # a slice of the rows is a view: whole columns are taken for every metric at
+        # once, then the few metrics whose last incident cuts into a window again
+        for ring in (self._csum[rows], self._cvalid[rows]):
+            cols = np.take(ring, (begins % HISTORY_S).ravel(), axis=1).reshape(-1, *begins.shape)
+            at_begin = np.where(begins >= 0, cols, 0.0).transpose(1, 0, 2)  # (widths, rows, n)
+            if late.size:
+                cut = np.maximum(begins[:, None, :], clear[late][None, :, None] - 1)
+                cells = ring[late[None, :, None], cut % HISTORY_S]
+                at_begin[:, late] = np.where(cut >= 0, cells, 0.0)
+            out.append(ring[:, ei][None] - at_begin)
+        return out[0], out[1]
 
-    def _scores(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
-        """Score the new seconds: ``(score, S, n, worst scale, E, local rate, r_w before
-        the tail and the floor weigh it)``; see the module docstring."""
+    def _scores(self, pos0: int, n: int) -> tuple[np.ndarray, ...]:
+        """Score the new seconds of every metric: ``(score, S, n, worst scale, E, local
+        rate, r_w before the tail and the floor weigh it)``; see the module docstring."""
         widths = np.asarray(SHORT_SCALES)
         refs = np.maximum(widths, REF_MIN_S)
-        sums, nvs = self._window_sums(rows, pos0, n, np.concatenate([widths, widths + refs]))
+        sums, nvs = self._window_sums(slice(None), pos0, n, np.concatenate([widths, widths + refs]))
         k = len(widths)
         s, nv = sums[:k], nvs[:k]
         nref = nvs[k:] - nv
         with np.errstate(invalid="ignore", divide="ignore"):
             local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
-        ls, lnv, llocal, lnref = self._long_windows(rows, pos0, n)
+        ls, lnv, llocal, lnref = self._long_windows(pos0, n)
         s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
         local, nref = np.concatenate([local, llocal]), np.concatenate([nref, lnref])
-        e = self._expected(rows, local, nref) * nv
-        raw = _nb_signed_root(s, e, self.excess[:, rows, None])
-        floor = self.floor[:, rows, None]
+        e = self._expected(local, nref) * nv
+        raw = _nb_signed_root(s, e, self.excess[:, :, None])
+        floor = self.floor[:, :, None]
         silent = (s == 0) & (floor > 0)
-        r = np.where(silent, raw, raw / self.tail_scale[:, rows, None])
+        r = np.where(silent, raw, raw / self.tail_scale[:, :, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
@@ -704,36 +707,34 @@ class Detector:
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
         return score, s, nv, worst, e, local, raw
 
-    def _expected(self, rows: np.ndarray, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
+    def _expected(self, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
         """The rate each window is judged against: the rate just before it when that is
         significantly (2 sd) below the normal rate — a decline already under way, a
         dip, the evening — and the normal rate otherwise, which is the steadier of the
         two for a quiet metric. 0 (no score) when the rate before is unknown: after a
         gap, or right after an incident."""
-        base = self.baseline[rows][None, :, None]
+        base = self.baseline[None, :, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (local - base) * nref / np.sqrt(base * nref)
         level = np.where(np.isfinite(base) & ~(z < -2.0), base, local)
         return np.where(np.isfinite(local), level, 0.0)
 
-    def _long_windows(self, rows: np.ndarray, pos0: int, n: int) -> tuple[np.ndarray, ...]:
+    def _long_windows(self, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Like the short windows, for LONG_MINUTES: this minute so far plus the last
         ``k`` whole minutes, against the ``k`` whole minutes before them."""
         ms = self._mstart_pos
         c, v = self._csum, self._cvalid
-        at_end = np.ix_(rows, (pos0 + np.arange(n)) % HISTORY_S)
+        ei = (pos0 + np.arange(n)) % HISTORY_S
         have = ms >= 1
         before = (ms - 1) % HISTORY_S
-        part_c = c[at_end] - (c[rows, before][:, None] if have else 0.0)
-        part_v = v[at_end] - (v[rows, before][:, None] if have else 0.0)
+        part_c = c[:, ei] - (c[:, before, None] if have else 0.0)
+        part_v = v[:, ei] - (v[:, before, None] if have else 0.0)
         minute = self._minute_now
         out_s, out_v, out_l, out_r = [], [], [], []
-        clear = self._clear_pos[rows]
+        clear = self._clear_pos
         for k in LONG_MINUTES:
-            win = np.ix_(rows, np.arange(minute - k, minute) % MINUTE_RING)
-            ref = np.ix_(rows, np.arange(minute - 2 * k, minute - k) % MINUTE_RING)
-            win_c, win_v = self._mcount[win].sum(axis=1), self._mvalid[win].sum(axis=1)
-            ref_c, ref_v = self._mcount[ref].sum(axis=1), self._mvalid[ref].sum(axis=1)
+            win_c, win_v = self._minute_totals(minute - k, minute)
+            ref_c, ref_v = self._minute_totals(minute - 2 * k, minute - k)
             ok = (ms - 60 * k >= clear) & (ms - 60 * k >= 0)
             ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
             out_s.append(np.where(ok[:, None], win_c[:, None] + part_c, 0.0))
@@ -743,6 +744,19 @@ class Detector:
             out_l.append(np.repeat(loc[:, None], n, axis=1))
             out_r.append(np.repeat(ref_v[:, None], n, axis=1))
         return np.stack(out_s), np.stack(out_v), np.stack(out_l), np.stack(out_r)
+
+    def _minute_totals(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Events and seconds with data of every metric in epoch minutes ``first`` up to
+        ``end`` (at most MINUTE_RING of them), summed over slices of the minute ring
+        (gathering the columns by index took twice as long)."""
+        lo, hi = first % MINUTE_RING, (end - 1) % MINUTE_RING + 1
+        sums = []
+        for ring in (self._mcount, self._mvalid):
+            if lo < hi:
+                sums.append(ring[:, lo:hi].sum(axis=1))
+            else:
+                sums.append(ring[:, lo:].sum(axis=1) + ring[:, :hi].sum(axis=1))
+        return sums[0], sums[1]
 
     def _learn_tail(self, raw: np.ndarray, expect: np.ndarray, nv: np.ndarray) -> None:
         """Count how often each scale's residual falls below -TAIL_Z (where enough
@@ -874,7 +888,7 @@ class Detector:
         resolve_at: dict[int, tuple[float, float]] = {}
         for i in firing:
             base, w = self._resolve_level(int(i))
-            sr, nr = self._window_sums(np.array([i]), pos0, n, np.array([w]))
+            sr, nr = self._window_sums(slice(i, i + 1), pos0, n, np.array([w]))
             sr, nr = sr[0, 0], nr[0, 0]
             er = base * nr
             scale = min(int(np.searchsorted(SCALES, w)), len(SCALES) - 1)
