@@ -747,16 +747,12 @@ class Detector:
 
     def _minute_totals(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Events and seconds with data of every metric in epoch minutes ``first`` up to
-        ``end`` (at most MINUTE_RING of them), summed over slices of the minute ring
-        (gathering the columns by index took twice as long)."""
-        lo, hi = first % MINUTE_RING, (end - 1) % MINUTE_RING + 1
-        sums = []
-        for ring in (self._mcount, self._mvalid):
-            if lo < hi:
-                sums.append(ring[:, lo:hi].sum(axis=1))
-            else:
-                sums.append(ring[:, lo:].sum(axis=1) + ring[:, :hi].sum(axis=1))
-        return sums[0], sums[1]
+        ``end`` (at most MINUTE_RING of them)."""
+        count, valid = (
+            sum(part.sum(axis=1) for part in _ring_slices(ring, first, end))
+            for ring in (self._mcount, self._mvalid)
+        )
+        return count, valid
 
     def _learn_tail(self, raw: np.ndarray, expect: np.ndarray, nv: np.ndarray) -> None:
         """Count how often each scale's residual falls below -TAIL_Z (where enough
@@ -803,12 +799,8 @@ class Detector:
         self.minutes_seen += self._minute_valid >= 30
 
         def span(first: int, last: int) -> np.ndarray:
-            # slices, not an index array: gathering 60 columns of the 3-day ring by
-            # index took 4x as long as the median itself
-            lo, hi = first % r, last % r + 1
-            if lo < hi:
-                return _nanmedian(self._minutes[:, lo:hi])
-            return _nanmedian(np.concatenate([self._minutes[:, lo:], self._minutes[:, :hi]], 1))
+            parts = _ring_slices(self._minutes, first, last + 1)
+            return _nanmedian(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
 
         recent = span(minute - RECENT_MINUTES + 1, minute)
         guesses = []
@@ -1089,11 +1081,10 @@ def _tail_scale(tail: np.ndarray) -> np.ndarray:
 
 
 def _lowest_with(low: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The three lowest of ``low`` (three lowest, sorted) and one more value ``x``."""
-    a0, a1, a2 = low
-    return np.stack(
-        [np.fmin(a0, x), np.fmin(a1, np.maximum(a0, x)), np.fmin(a2, np.maximum(a1, x))]
-    )
+    """The three lowest of ``low`` (three lowest, sorted) and one more value ``x``:
+    those of ``low`` and the triple ``x``, NaN, NaN (NaN counts last)."""
+    none = np.full_like(x, np.nan)
+    return _lowest_of_both(low, np.stack([x, none, none]))
 
 
 def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1108,6 +1099,16 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0))),
         ]
     )
+
+
+def _ring_slices(ring: np.ndarray, first: int, end: int) -> list[np.ndarray]:
+    """The columns of ``ring`` (a ring buffer along its second axis) for positions
+    ``first`` up to ``end``, as views: one slice, or two where they wrap around its end.
+    Slices, not an index array: gathering the columns by index took 2-4 times as long
+    as the sum or median taken over them."""
+    size = ring.shape[1]
+    lo, hi = first % size, (end - 1) % size + 1
+    return [ring[:, lo:hi]] if lo < hi else [ring[:, lo:], ring[:, :hi]]
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
