@@ -279,6 +279,45 @@ def test_slow_decline_does_not_page() -> None:
     assert run(np.concatenate([h, ramp])) == []
 
 
+def drifting(rate: float, minutes: int, seed: int) -> np.ndarray:
+    """Counts around ``rate`` that drift by up to 30 % over tens of minutes and dip to
+    40 % for 5 minutes every 40 minutes, bursty as :func:`poisson`."""
+    t = np.arange(minutes * 60)
+    curve = rate * (1 + 0.3 * np.sin(2 * np.pi * t / 2400 + 1) * np.sin(2 * np.pi * t / 7000))
+    for a in range(1800, len(curve) - 900, 2400):
+        curve[a : a + 120] *= np.linspace(1, 0.4, 120)
+        curve[a + 120 : a + 420] *= 0.4
+        curve[a + 420 : a + 540] *= np.linspace(0.4, 1, 120)
+    return bursty(curve, seed)
+
+
+@pytest.mark.parametrize("seed", [50, 51])
+def test_the_end_of_a_fade_already_below_the_natural_low_does_not_page(seed: int) -> None:
+    """A metric that dips to 40 % on its own fades over 12 minutes to 15 % of its rate
+    (judged all along against the rate just before: a decline under way), then to
+    nothing within a minute. That last minute falls steeply against the rate just
+    before it, but what is left of a fall already deeper than the metric's natural low
+    is a small part of its normal rate: no page (scores stay above -2.5; measured
+    against the rate before alone, that minute paged). An outage from the normal
+    level pages at once."""
+    minutes = 240
+    det = Detector(1, warmup_minutes=minutes)
+    det.update(drifting(200, minutes, seed)[None], T0)
+    start = T0 + minutes * 60
+    outage = copy.deepcopy(det)
+    fade = np.concatenate(
+        [np.linspace(200, 30, 720), np.linspace(30, 0, 60), np.zeros(120), np.linspace(0, 200, 300)]
+    )
+    counts, low = bursty(fade, seed + 1), 0.0
+    for j, c in enumerate(counts):
+        assert det.update(np.array([[c]]), start + j) == []
+        low = min(low, float(det.score[0]))
+    assert low > -2.5
+
+    paged = outage.update(np.zeros((1, 5)), start)
+    assert [t.state for t in paged] == ["firing"] and paged[0].at <= start + 1
+
+
 def test_nothing_pages_while_warming_up() -> None:
     """An outage before the metric has WARMUP minutes of data is not judged."""
     series = np.concatenate([poisson(50, 20 * 60, seed=16), np.zeros(300)])

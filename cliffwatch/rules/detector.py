@@ -49,7 +49,13 @@ that scale?* — the rate's derivative, in noise units.
   (an incident counts once, as one minute, unless it was total silence: an outage is
   never a metric's nature). ``r_w`` is weighted by
   ``min(1, (1 - S/E) / (1 - f_w) / 1.3)``: full weight only for a fall 1.3 times as deep
-  as the natural one.
+  as the natural one. Where the window is judged against the rate just before it and
+  that rate is already below the natural floor (at the scale of the rate before: a
+  decline under way that has gone deeper than the metric goes on its own, without a
+  page), the fall is measured against the normal rate instead: ``(E - S) / (B * n)``
+  for ``1 - S/E``. What is left of such a decline is a small part of the normal rate,
+  so a fade that ends in silence (a series interpolated down to nothing) is not a
+  new cliff, while an outage from anywhere above the natural low is measured as before.
 
 The score is the steepest of those falls, scaled so that the threshold keeps its
 meaning for a pager::
@@ -98,6 +104,7 @@ SCALES = SHORT_SCALES + tuple(60 * k for k in LONG_MINUTES)
 HALF_SCALES = np.asarray(SCALES) / 2.0  # a window is scored with data in half its seconds
 MINUTE_RING = 2 * max(LONG_MINUTES) + 4
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
+REF_SCALE = np.searchsorted(SCALES, np.maximum(SCALES, REF_MIN_S))  # ... at this scale
 Z_PAGE = 5.5
 RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
 DAY_MINUTES = 1440
@@ -698,8 +705,12 @@ class Detector:
         floor = self.floor[:, :, None]
         silent = (s == 0) & (floor > 0)
         r = np.where(silent, raw, raw / self.tail_scale[:, :, None])
+        # a decline already deeper than the metric's natural fall: what is left of it
+        # counts as a fraction of the normal rate
+        normal = self.baseline[None, :, None] * nv
+        norm = np.where(e < self.floor[REF_SCALE, :, None] * normal, normal, e)
         with np.errstate(invalid="ignore", divide="ignore"):
-            depth = (1.0 - s / e) / (1.0 - floor) / DEPTH_MARGIN
+            depth = (e - s) / norm / (1.0 - floor) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         r = np.where(silent, r * SILENCE_GAIN[:, None, None], r)
         r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
