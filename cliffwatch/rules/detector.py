@@ -55,7 +55,7 @@ that scale?* — the rate's derivative, in noise units.
   page), the fall is measured against the normal rate instead: ``(E - S) / (B * n)``
   for ``1 - S/E``. What is left of such a decline is a small part of the normal rate,
   so a fade that ends in silence (a series interpolated down to nothing) is not a
-  new cliff, while an outage from anywhere above the natural low is measured as before.
+  new cliff, while an outage from anywhere above the natural floor is measured as before.
 
 The score is the steepest of those falls, scaled so that the threshold keeps its
 meaning for a pager::
@@ -78,8 +78,11 @@ teach the detector nothing. It resolves once the rate over the last ``w_r`` seco
 (long enough to expect 30 events, 30 s to 15 min, all after the page) is back to at
 least 75 % of that frozen rate (or of the daily cycle's rate now, if lower), or is no
 longer significantly (1 sd) below it. A metric that falls deep on its own is back
-sooner: at its natural floor at the 512 s scale, when that is below 75 % (an outage of
-a metric that dips to a tenth of its level by nature is over once it runs at a tenth).
+sooner: at its natural low, when that is below 75 % (an outage of a metric that dips to
+a tenth of its level by nature is over once it runs at a tenth). The natural low is the
+natural floor at the 512 s scale learnt from the metric's own falls only: earlier
+incidents, which the floor counts once each, are no measure of where the metric goes by
+itself, and three halvings in a day must not make the fourth over while it lasts.
 An incident older than an hour lets its new level into the normal rate.
 
 State changes only at whole-minute boundaries (normal rate, noise, floor) or at a
@@ -211,6 +214,11 @@ class Detector:
         self._floor_now = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
         self._floor_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, len(SCALES), m), np.inf)
         self.floor = np.full((len(SCALES), m), np.nan)
+        # the same at RESOLVE_FLOOR_SCALE from the metric's own falls only (incidents
+        # left out): the level at which an incident is over (_back_to)
+        self._low_now = np.full((FLOOR_RANK, m), np.inf)
+        self._low_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, m), np.inf)
+        self.natural_low = np.full(m, np.nan)
         self.recent = np.full(m, np.nan)  # median rate of the last hour
         self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
         self.baseline = np.full(m, np.nan)  # the normal rate: the lower of the two
@@ -338,6 +346,9 @@ class Detector:
                 raise ValueError(f"snapshot part {name!r} has shape {value.shape}")
             target[..., i] = value
         self.tail_scale[:, i] = _tail_scale(self.tail[:, i])
+        if "natural_low" not in state:  # saved before it was learnt: as _low_from_floor
+            for low, floor in _LOW_OF_FLOOR:
+                getattr(self, low)[..., i] = getattr(self, floor)[..., RESOLVE_FLOOR_SCALE, i]
         if self.firing[i]:  # windows must not reach back into the open incident
             self._fire_pos[i] = self._pos
 
@@ -831,12 +842,17 @@ class Detector:
         # the natural floor: the FLOOR_RANK-th lowest of the per-minute lowest ratios
         # over the last 12 to 24 hours, so one blip or one odd minute does not set it
         self._floor_now = _lowest_with(self._floor_now, self._minute_floor)
+        self._low_now = _lowest_with(self._low_now, self._minute_floor[RESOLVE_FLOOR_SCALE])
         self._minute_floor[:] = np.inf
         floor = functools.reduce(_lowest_of_both, self._floor_before, self._floor_now)[-1]
         self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), np.nan)
+        low = functools.reduce(_lowest_of_both, self._low_before, self._low_now)[-1]
+        self.natural_low = np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
         if minute % FLOOR_HALF_DAY == 0:
             self._floor_before = np.concatenate([self._floor_now[None], self._floor_before[:-1]])
             self._floor_now = np.full_like(self._floor_now, np.inf)
+            self._low_before = np.concatenate([self._low_now[None], self._low_before[:-1]])
+            self._low_now = np.full_like(self._low_now, np.inf)
 
         got = self._noise_n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -928,10 +944,12 @@ class Detector:
 
     def _back_to(self, i: int) -> float:
         """The fraction of the resolve level that counts as back: RESOLVE_FRACTION, or
-        metric ``i``'s natural floor at the longest short scale (about 8 minutes) when
-        that is lower. A metric that falls to a tenth of its level on its own is within
-        its nature again at a tenth; the incident, deeper than that, is over."""
-        natural = float(self.floor[RESOLVE_FLOOR_SCALE, i])
+        metric ``i``'s natural low at the longest short scale (about 8 minutes) when that
+        is lower. A metric that falls to a tenth of its level on its own is within its
+        nature again at a tenth; the incident, deeper than that, is over. The natural low
+        is learnt from the metric's own falls only: where earlier incidents took it is
+        no measure of where it goes by itself."""
+        natural = float(self.natural_low[i])
         return min(RESOLVE_FRACTION, natural) if natural > 0 else RESOLVE_FRACTION
 
     def _resolve_level(self, i: int) -> tuple[float, int]:
@@ -979,6 +997,9 @@ _LEARNT = (
     "_floor_now",
     "_floor_before",
     "floor",
+    "_low_now",
+    "_low_before",
+    "natural_low",
     "recent",
     "expected",
     "baseline",
@@ -987,9 +1008,22 @@ _LEARNT = (
 )
 
 
-# learnt only since the tail calibration: snapshots saved before it lack them
-_ADDED = frozenset({"_tail_minutes", "tail"})
-_EARLIER = (tuple(n for n in _LEARNT if n not in _ADDED),)  # earlier packed layouts
+# parts learnt only since a later version (the tail calibration; the natural low
+# without incidents): snapshots saved before lack them
+_ADDED_SINCE = (
+    frozenset({"_tail_minutes", "tail"}),
+    frozenset({"_low_now", "_low_before", "natural_low"}),
+)
+_ADDED = frozenset().union(*_ADDED_SINCE)
+_EARLIER = tuple(  # earlier packed layouts, oldest first
+    tuple(n for n in _LEARNT if n not in frozenset().union(*_ADDED_SINCE[k:]))
+    for k in range(len(_ADDED_SINCE))
+)
+_LOW_OF_FLOOR = (  # the natural low's parts, and the natural floor's they are made from
+    ("_low_now", "_floor_now"),
+    ("_low_before", "_floor_before"),
+    ("natural_low", "floor"),
+)
 
 
 def _packed_layout() -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -1041,8 +1075,23 @@ def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
     for names in _EARLIER:
         if row.size == sum(sizes[n] for n in names):
             parts = {**_new_metric_parts(), **_split(row, names)}
+            if "natural_low" not in names:
+                parts.update(_low_from_floor(parts))
             return np.concatenate([parts[n] for n in _LEARNT])
     return None
+
+
+def _low_from_floor(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The packed parts of the natural low, for a snapshot saved before it was learnt:
+    the natural floor's at RESOLVE_FLOOR_SCALE, incidents included, as that version
+    resolved by."""
+    shapes = dict(zip(_LEARNT, (shape for shape, _ in _packed_layout()), strict=True))
+    out = {}
+    for low, floor in _LOW_OF_FLOOR:
+        values = np.frombuffer(parts[floor].tobytes(), np.float64).reshape(shapes[floor])
+        out[low] = np.ascontiguousarray(values[..., RESOLVE_FLOOR_SCALE]).view(np.uint8).ravel()
+    return out
+
 
 
 _GATHER_ROWS = 1024  # rows copied out at a time (bounds the temporary memory)
