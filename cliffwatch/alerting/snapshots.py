@@ -20,8 +20,9 @@ load (``benchmarks/snapshots.py``). Snapshots written by earlier versions, with 
 (:data:`ZLIB_MAGIC`) or ``np.savez`` (a zip file), are still read.
 
 A snapshot in the layout of an earlier version is upgraded: the parts it lacks start as
-a new metric's (:func:`~cliffwatch.rules.detector.upgrade_packed`), so an upgrade does not
-send every metric back to warming up. A snapshot that cannot be read (truncated, an
+a new metric's, or are made from what it holds (the natural low from the natural floor:
+:func:`~cliffwatch.rules.detector.upgrade_packed`), so an upgrade does not send every
+metric back to warming up. A snapshot that cannot be read (truncated, an
 unknown layout) is logged and ignored: the metric then learns again from the history
 Redis still has.
 """

@@ -336,7 +336,8 @@ class Detector:
     def restore(self, i: int, state: dict[str, np.ndarray]) -> None:
         """Give metric ``i`` back what :meth:`snapshot` took. Unknown or misshapen parts
         raise ``ValueError``; parts learnt only since an earlier version (:data:`_ADDED`)
-        may be missing and keep what a new metric starts with."""
+        may be missing and keep what a new metric starts with (the natural low is then
+        taken from the natural floor, as :func:`_low_from_floor` does)."""
         for name in _LEARNT:
             if name in _ADDED and name not in state:
                 continue
@@ -1070,7 +1071,8 @@ def packed_size() -> int:
 def upgrade_packed(row: np.ndarray) -> np.ndarray | None:
     """One metric's packed snapshot in an earlier layout (saved by an earlier version,
     before the parts in :data:`_ADDED` were learnt) as a row of this layout, those parts
-    as a new metric starts with them; ``None`` if ``row`` has no known layout's size."""
+    as a new metric starts with them (the natural low: from the natural floor, see
+    :func:`_low_from_floor`); ``None`` if ``row`` has no known layout's size."""
     sizes = _part_sizes()
     for names in _EARLIER:
         if row.size == sum(sizes[n] for n in names):
@@ -1091,7 +1093,6 @@ def _low_from_floor(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = np.frombuffer(parts[floor].tobytes(), np.float64).reshape(shapes[floor])
         out[low] = np.ascontiguousarray(values[..., RESOLVE_FLOOR_SCALE]).view(np.uint8).ravel()
     return out
-
 
 
 _GATHER_ROWS = 1024  # rows copied out at a time (bounds the temporary memory)
