@@ -18,6 +18,7 @@ from cliffwatch.alerting import snapshots
 from cliffwatch.rules.detector import (
     _ADDED_SINCE,
     _LEARNT,
+    _LOW_OF_FLOOR,
     HISTORY_S,
     LEND_S,
     RECENT_MINUTES,
@@ -313,12 +314,12 @@ def drifting(rate: float, minutes: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", [50, 51])
-def test_the_end_of_a_fade_already_below_the_natural_low_does_not_page(seed: int) -> None:
+def test_the_end_of_a_fade_already_below_the_natural_floor_does_not_page(seed: int) -> None:
     """A metric that dips to 40 % on its own fades over 12 minutes to 15 % of its rate
     (judged all along against the rate just before: a decline under way), then to
     nothing within a minute. That last minute falls steeply against the rate just
-    before it, but what is left of a fall already deeper than the metric's natural low
-    is a small part of its normal rate: no page (scores stay above -2.5; measured
+    before it, but what is left of a fall already deeper than the metric's natural
+    floor is a small part of its normal rate: no page (scores stay above -2.5; measured
     against the rate before alone, that minute paged). An outage from the normal
     level pages at once."""
     minutes = 240
@@ -534,8 +535,7 @@ def test_a_snapshot_saved_by_an_earlier_version_is_upgraded(since: int) -> None:
     assert snap is not None and snap.at == T0 + 90 * 60
     back = Detector(1, warmup_minutes=WARMUP)
     snapshots.restore(back, [0], [snap])
-    new, low = Detector(1), {"_low_now": "_floor_now", "_low_before": "_floor_before"}
-    low["natural_low"] = "floor"
+    new, low = Detector(1), dict(_LOW_OF_FLOOR)
     assert np.isfinite(det.floor[RESOLVE_FLOOR_SCALE, 0])  # learnt: not as a new metric's
     for name in _LEARNT:
         if name in missing and name in low:

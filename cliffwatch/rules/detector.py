@@ -841,19 +841,17 @@ class Detector:
         self.frozen[lower] = np.fmin(self.frozen[lower], recent[lower])
 
         # the natural floor: the FLOOR_RANK-th lowest of the per-minute lowest ratios
-        # over the last 12 to 24 hours, so one blip or one odd minute does not set it
+        # over the last 2.5 to 3 days, so one blip or one odd minute does not set it;
+        # the natural low likewise, at one scale
         self._floor_now = _lowest_with(self._floor_now, self._minute_floor)
         self._low_now = _lowest_with(self._low_now, self._minute_floor[RESOLVE_FLOOR_SCALE])
         self._minute_floor[:] = np.inf
-        floor = functools.reduce(_lowest_of_both, self._floor_before, self._floor_now)[-1]
-        self.floor = np.where(np.isfinite(floor), np.clip(floor, 0.0, 1.0), np.nan)
-        low = functools.reduce(_lowest_of_both, self._low_before, self._low_now)[-1]
-        self.natural_low = np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
+        self.floor = _rank_floor(self._floor_before, self._floor_now)
+        self.natural_low = _rank_floor(self._low_before, self._low_now)
         if minute % FLOOR_HALF_DAY == 0:
-            self._floor_before = np.concatenate([self._floor_now[None], self._floor_before[:-1]])
-            self._floor_now = np.full_like(self._floor_now, np.inf)
-            self._low_before = np.concatenate([self._low_now[None], self._low_before[:-1]])
-            self._low_now = np.full_like(self._low_now, np.inf)
+            before, now = self._floor_before, self._floor_now
+            self._floor_before, self._floor_now = _next_half_day(before, now)
+            self._low_before, self._low_now = _next_half_day(self._low_before, self._low_now)
 
         got = self._noise_n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1160,6 +1158,18 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0))),
         ]
     )
+
+
+def _rank_floor(before: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """The FLOOR_RANK-th lowest ratio of the earlier half-days ``before`` and this one
+    (``now``: each its lowest, sorted), within 0..1; NaN where there is none yet."""
+    low = functools.reduce(_lowest_of_both, before, now)[-1]
+    return np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
+
+
+def _next_half_day(before: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``now`` joins the earlier half-days (the oldest drops out); the new one is empty."""
+    return np.concatenate([now[None], before[:-1]]), np.full_like(now, np.inf)
 
 
 def _ring_slices(ring: np.ndarray, first: int, end: int) -> list[np.ndarray]:
