@@ -172,12 +172,9 @@ def template_states(rates: np.ndarray, t0: int) -> dict[str, tuple[np.ndarray, n
     return out
 
 
-Stored = tuple[bytes, dict[str, bytes]]  # a snapshot and the blocks of its ring
-
-
 def seed(
     store: Store, names: list[str], rates: np.ndarray
-) -> tuple[int, dict[str, float], list[Stored]]:
+) -> tuple[int, dict[str, float], list[bytes]]:
     """Write a snapshot for every metric, valid at the last whole minute T0, with every
     per-minute rate of its 3-day ring filled (what a metric running for days has, and
     what the workers then compress each minute); return T0, the snapshot sizes (young,
@@ -188,22 +185,25 @@ def seed(
     learnt = template_states(rates, t0)
     young = snapshots.encode(t0, *learnt["young"])
     blobs = snapshots.encode(t0, *learnt["full"])
-    for lo in range(0, len(names), 5_000):
-        store.set_snapshots({m: blobs[i % k] for i, m in enumerate(names[lo : lo + 5_000], lo)})
-    store.client.sadd(store.keys.metrics, *names)
+    pipe = store.client.pipeline(transaction=False)
+    for i, name in enumerate(names):
+        pipe.set(store.keys.detector(name), blobs[i % k])
+        if len(pipe) >= 10_000:
+            pipe.execute()
+    pipe.sadd(store.keys.metrics, *names)
+    pipe.execute()
     sizes = {
-        "young_b": float(np.mean([len(h) + sum(map(len, r.values())) for h, r in young])),
-        "full_b": float(np.mean([len(h) + sum(map(len, r.values())) for h, r in blobs])),
-        "minute_b": float(np.mean([len(h) for h, _ in blobs])),
+        "young_b": float(np.mean([len(b) for b in young])),
+        "full_b": float(np.mean([len(b) for b in blobs])),
     }
     return t0, sizes, blobs
 
 
-def replay(store: Store, name: str, blob: Stored, t0: int, end: int) -> list[int]:
+def replay(store: Store, name: str, blob: bytes, t0: int, end: int) -> list[int]:
     """The seconds at which one lone detector opens an incident for ``name``, restored
     from its seeded snapshot ``blob`` and fed the counts Redis holds from ``t0`` to
     ``end``: what the sharded workers should have decided, no more, no less."""
-    snap = snapshots.decode(name, blob[0], [blob[1].get(str(b)) for b in range(snapshots.BLOCKS)])
+    snap = snapshots.decode(name, blob)
     assert snap is not None and snap.recent is not None
     det = Detector(1, warmup_minutes=WARMUP)
     snapshots.restore(det, [0], [snap])
@@ -215,7 +215,7 @@ def replay(store: Store, name: str, blob: Stored, t0: int, end: int) -> list[int
 
 
 def unexplained(
-    store: Store, names: list[str], states: list[dict[str, str]], blobs: list[Stored], t0: int
+    store: Store, names: list[str], states: list[dict[str, str]], blobs: list[bytes], t0: int
 ) -> list[str]:
     """The incidents the workers opened (by the metrics' alert ``states``) that a lone
     detector fed the same counts would not have opened at the same second (see
@@ -459,8 +459,7 @@ def run(
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"Redis used_memory {mem['used_memory'] / 2**20:,.0f} MiB; snapshots "
           f"{snap_bytes / 2**20:,.0f} MiB ({snap_bytes / n:,.0f} B per metric with a full "
-          f"3-day ring, {sizes['full_b']:,.0f} B of data, of which {sizes['minute_b']:,.0f} B "
-          f"rewritten each minute; {sizes['young_b']:,.0f} B with 40 minutes learnt)")  # fmt: skip
+          f"3-day ring, {sizes['young_b']:,.0f} B with 40 minutes learnt)")  # fmt: skip
     print(f"judged by exactly one worker: {len(judges - {None}) == w and None not in judges} "
           f"(statuses written by the lease holder: {judged_by:,} of {n:,}); status ok: "
           f"{ok:,} of {n:,}; incidents opened: {opened}")  # fmt: skip
@@ -576,8 +575,7 @@ def _snapshot_bytes(client: redis.Redis, store: Store, names: list[str]) -> int:
         pipe = client.pipeline(transaction=False)
         for m in names[lo : lo + 10_000]:
             pipe.strlen(store.keys.detector(m))
-            pipe.memory_usage(store.keys.detector_ring(m))
-        total += sum(v or 0 for v in pipe.execute())
+        total += sum(pipe.execute())
     return total
 
 

@@ -530,9 +530,7 @@ def test_a_snapshot_saved_by_an_earlier_version_is_upgraded(since: int) -> None:
     parts = _split(det.pack([0])[0], _LEARNT)
     missing = frozenset().union(*_ADDED_SINCE[since:])
     earlier = np.concatenate([parts[n] for n in _LEARNT if n not in missing])
-    recent = det.recent_counts([0]).astype(np.float32)[0].tobytes()
-    header = snapshots._HEADER.pack(snapshots.WHOLE_MAGIC, T0 + 90 * 60)  # as it wrote them
-    blob = header + zstandard.compress(earlier.tobytes() + recent)
+    blob = snapshots.encode(T0 + 90 * 60, earlier[None], det.recent_counts([0]))[0]
     snap = snapshots.decode("orders.created", blob)
     assert snap is not None and snap.at == T0 + 90 * 60
     back = Detector(1, warmup_minutes=WARMUP)
@@ -545,27 +543,26 @@ def test_a_snapshot_saved_by_an_earlier_version_is_upgraded(since: int) -> None:
         else:
             expected = getattr(new if name in missing else det, name)
         np.testing.assert_array_equal(getattr(back, name), expected, err_msg=name)
+    header = blob[: len(snapshots.MAGIC) + 8]  # magic and the second it is valid at
     unknown = earlier[:-5].tobytes() + np.zeros(RECENT_S, np.float32).tobytes()
     assert snapshots.decode("orders.created", header + zstandard.compress(unknown)) is None
 
 
-def test_a_snapshot_written_whole_by_an_earlier_version_is_still_read() -> None:
-    """Snapshots are now written with their ring in blocks; one an earlier version
-    wrote whole, compressed with zlib or with Zstandard (each its own magic), gives back
-    exactly what the metric had learnt, as the new format does."""
+def test_a_snapshot_compressed_with_zlib_by_an_earlier_version_is_still_read() -> None:
+    """Snapshots are now compressed with Zstandard; one an earlier version wrote with
+    zlib (its own magic) gives back exactly what the metric had learnt, as the new
+    format does."""
     det = Detector(1, warmup_minutes=WARMUP)
     det.update(very_bursty(40, 90 * 60, seed=76)[None], T0)
     at = T0 + 90 * 60
     packed, recent = det.pack([0]), det.recent_counts([0]).astype(np.float32)
-    whole = packed[0].tobytes() + recent[0].tobytes()
-    by_zlib = snapshots._HEADER.pack(snapshots.ZLIB_MAGIC, at) + zlib.compress(whole, 1)
-    by_zstd = snapshots._HEADER.pack(snapshots.WHOLE_MAGIC, at) + zstandard.compress(whole)
-    now, blocks = snapshots.encode(at, packed, recent)[0]
-    assert now[:4] == snapshots.MAGIC not in (snapshots.ZLIB_MAGIC, snapshots.WHOLE_MAGIC)
-    assert len(blocks) == snapshots.BLOCKS - 1  # every block but the one in the snapshot
-    ring = [blocks.get(str(b)) for b in range(snapshots.BLOCKS)]
-    for blob, stored in ((by_zlib, []), (by_zstd, []), (now, ring)):
-        snap = snapshots.decode("orders.created", blob, stored)
+    earlier = snapshots._HEADER.pack(snapshots.ZLIB_MAGIC, at) + zlib.compress(
+        packed[0].tobytes() + recent[0].tobytes(), 1
+    )
+    now = snapshots.encode(at, packed, recent)[0]
+    assert now[:4] == snapshots.MAGIC != snapshots.ZLIB_MAGIC
+    for blob in (earlier, now):
+        snap = snapshots.decode("orders.created", blob)
         assert snap is not None and snap.at == at
         assert snap.packed is not None and snap.recent is not None
         np.testing.assert_array_equal(snap.packed, packed[0])

@@ -135,12 +135,15 @@ def test_write_counts_refused_commands(
     assert store.read_counts(["good"], T0, T0 + 1).tolist() == [[2.0]]
 
 
-def test_state_round_trip(store: Store) -> None:
-    """Alert state reads back as written, fields merged."""
+def test_state_and_blob_round_trip(store: Store) -> None:
+    """Alert state and detector snapshots read back as written."""
     assert store.get_state("a") == {}
     store.set_state("a", {"status": "firing", "since": 12, "score": 0.5})
     store.set_state("a", {"status": "ok"})
     assert store.get_state("a") == {"status": "ok", "since": "12", "score": "0.5"}
+    assert store.get_blob("a") is None
+    store.set_blob("a", b"\x00\xffsnapshot")
+    assert store.get_blob("a") == b"\x00\xffsnapshot"
 
 
 def test_from_url_rejects_bad_url_with_password_masked() -> None:
@@ -173,9 +176,8 @@ def test_mask_url() -> None:
 
 
 def test_batch_state_and_snapshot_methods_round_trip(store: Store) -> None:
-    """set_states does for many metrics what set_state does (states merge into the
-    hashes); snapshots read back as written, their blocks kept when a later write
-    leaves them out, and None where there is none."""
+    """set_states, set_blobs and get_blobs do for many metrics what the one-metric
+    methods do: missing snapshots come back as None, states merge into the hashes."""
     store.set_state("a", {"state": "firing"})
     store.set_states({"a": {"status": "ok"}, "b": {"status": "warming up"}, "c": {}})
     assert store.get_states(["a", "b", "c"]) == [
@@ -183,14 +185,9 @@ def test_batch_state_and_snapshot_methods_round_trip(store: Store) -> None:
         {"status": "warming up"},
         {},
     ]
-    store.set_snapshots({"a": (b"\x00one", {"0": b"\x01", "1": b"\x02"}), "b": (b"\xff", {})})
-    store.set_snapshots({"a": (b"\x00two", {"1": b"\x03"})})
-    assert store.get_snapshots(["a", "missing", "b"], ["0", "1", "2"]) == [
-        (b"\x00two", [b"\x01", b"\x03", None]),
-        (None, [None, None, None]),
-        (b"\xff", [None, None, None]),
-    ]
-    assert store.get_snapshots([], ["0"]) == []
+    store.set_blobs({"a": b"\x00one", "b": b"\xfftwo"})
+    assert store.get_blobs(["a", "missing", "b"]) == [b"\x00one", None, b"\xfftwo"]
+    assert store.get_blobs([]) == []
 
 
 def test_a_value_redis_cannot_take_is_a_store_error_and_the_store_goes_on(store: Store) -> None:

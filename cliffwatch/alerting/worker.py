@@ -242,9 +242,6 @@ class Worker:
         self._saving: Future[None] | None = None
         self._saving_at = 0  # the second the snapshots being written are valid at
         self._hurry = threading.Event()  # set: write them without pause
-        # metric -> the second of its last snapshot written with every block of its
-        # ring completed by then: later ones write only the blocks completed since
-        self._rings_saved: dict[str, int] = {}
         # ... and the snapshots of shards just taken are read by another, as soon as the
         # lease thread takes them, for the tick that takes their metrics on (it also
         # reads and matches the metric names for the rescans)
@@ -633,7 +630,7 @@ class Worker:
         snapshots of new ones, and refill their history up to second ``end``."""
         names = list(names)
         if not names:  # nothing to judge (yet): e.g. every shard is held elsewhere
-            self.metrics, self.rule_of, self._rings_saved = [], [], {}
+            self.metrics, self.rule_of = [], []
             self.detector = Detector(0, warmup_minutes=self.warmup_minutes)
             log.info("watching no metrics")
             self._say_share()
@@ -691,8 +688,6 @@ class Worker:
         if acting:
             self._reconcile(det, names, max(base, end))
         self.metrics, self.rule_of, self.detector = names, [r for r in rules if r], det
-        saved = self._rings_saved
-        self._rings_saved = {m: saved[m] for m in names if m in saved}
         log.info("watching %s", ", ".join(names) if len(names) < 20 else f"{len(names)} metrics")
         self._say_share()
         if later:
@@ -760,8 +755,6 @@ class Worker:
         order = self.detector.keep(rows)
         self.metrics = [self.metrics[i] for i in order]
         self.rule_of = [self.rule_of[i] for i in order]
-        saved = self._rings_saved  # one judged again later writes its whole ring
-        self._rings_saved = {m: saved[m] for m in self.metrics if m in saved}
 
     def _gain(self, names: list[str], end: int) -> bool:
         """Start judging ``names`` (metrics of shards just taken): restore their
@@ -1036,7 +1029,7 @@ class Worker:
             self._save_snapshots(names, rows, at)
         else:
             self._saved()
-            copied = snapshots.copy(self.detector, names, rows, at, self._rings_saved)
+            copied = snapshots.copy(self.detector, names, rows, at)
             self._hurry = threading.Event()
             self._saving = self._saver.submit(self._write_spread, copied, self._hurry)
             self._saving_at = self.detector.next_second or at
@@ -1063,7 +1056,6 @@ class Worker:
             if k:
                 hurry.wait(began + SNAPSHOT_SPREAD_S * k / len(copied) - time.monotonic())
             snapshots.write(self.store, [chunk])
-            self._rings_saved.update(dict.fromkeys(chunk.names, chunk.at))
 
     def minute_rates(self, metric: str, minutes: int = 30) -> list[float]:
         """``metric``'s events/s in each of its last ``minutes`` minutes, oldest first,
@@ -1085,8 +1077,7 @@ class Worker:
 
     def _save_snapshots(self, names: Sequence[str], rows: Sequence[int], at: int) -> None:
         self._saved()  # never overwritten by an older one still being written
-        snapshots.save(self.store, self.detector, names, rows, at, self._rings_saved)
-        self._rings_saved.update(dict.fromkeys(names, at))
+        snapshots.save(self.store, self.detector, names, rows, at)
 
     def write_status(self, at: int, rows: Sequence[int] | None = None) -> None:
         """Publish the figures of the metrics at ``rows`` (default: every one judged

@@ -22,11 +22,7 @@ key                             type    holds
                                         ``cliffwatch.monitoring-blind`` and
                                         ``cliffwatch.no-data:<metric>`` (see
                                         :mod:`cliffwatch.alerting.blind`)
-``P{m}:detector``               string  the detector's learnt state for the metric, but
-                                        for the completed blocks of its 3-day ring ...
-``P{m}:detector:ring``          hash    ... field ``<block>`` -> the minute it was last
-                                        written at and its per-minute rates (see
-                                        :mod:`cliffwatch.alerting.snapshots`)
+``P{m}:detector``               string  the detector's learnt state for the metric
 ``Pmetrics``                    set     every metric name any app has flushed
 ``Pemitters``                   hash    ``<host>:<pid>`` -> epoch second of its last flush
                                         (on the Redis server's clock: apps correct theirs)
@@ -97,10 +93,6 @@ class Keys:
     def detector(self, metric: str) -> str:
         """The detector's learnt state for the metric."""
         return f"{self.prefix}{{{metric}}}:detector"
-
-    def detector_ring(self, metric: str) -> str:
-        """The completed blocks of the detector's 3-day ring for the metric."""
-        return f"{self.prefix}{{{metric}}}:detector:ring"
 
     @property
     def metrics(self) -> str:

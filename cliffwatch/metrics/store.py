@@ -402,6 +402,22 @@ class Store:
             fields: dict[Any, Any] = dict(mapping)
             self.client.hset(self.keys.state(metric), mapping=fields)
 
+    def get_blob(self, metric: str) -> bytes | None:
+        """The detector snapshot stored for the metric, or ``None``. Raises ``StoreError``."""
+        with self._errors(f"reading detector snapshot of {metric!r}"):
+            data = self.client.get(self.keys.detector(metric))
+        if data is None or isinstance(data, bytes):
+            return data
+        raise StoreError(
+            f"detector snapshot of {metric!r} came back as text: build the Store over a "
+            "client with decode_responses=False"
+        )
+
+    def set_blob(self, metric: str, data: bytes) -> None:
+        """Store the detector snapshot for the metric. Raises ``StoreError``."""
+        with self._errors(f"writing detector snapshot of {metric!r}"):
+            self.client.set(self.keys.detector(metric), data)
+
     def set_states(self, states: Mapping[str, Mapping[str, str | int | float]]) -> None:
         """:meth:`set_state` for many metrics, pipelined (a round trip per 10,000).
         Raises ``StoreError``."""
@@ -415,44 +431,31 @@ class Store:
                     ]
                 )
 
-    def get_snapshots(
-        self, metrics: Sequence[str], blocks: Sequence[str]
-    ) -> list[tuple[bytes | None, list[bytes | None]]]:
-        """Each metric's detector snapshot and the ``blocks`` of its ring
-        (:meth:`set_snapshots`), ``None`` where there is none, pipelined. Raises
-        ``StoreError``."""
-        out: list[tuple[bytes | None, list[bytes | None]]] = []
+    def get_blobs(self, metrics: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get_blob` for many metrics, pipelined. Raises ``StoreError``."""
+        out: list[bytes | None] = []
         with self._errors("reading detector snapshots"):
             for lo in range(0, len(metrics), _BATCH):
-                part = metrics[lo : lo + _BATCH]
-                commands: list[tuple[Any, ...]] = []
-                for m in part:
-                    commands.append(("GET", self.keys.detector(m)))
-                    commands.append(("HMGET", self.keys.detector_ring(m), *blocks))
-                replies = self._round_trip(commands)
-                out.extend(zip(replies[::2], replies[1::2], strict=True))
-        if any(
-            v is not None and not isinstance(v, bytes) for head, ring in out for v in [head, *ring]
-        ):
+                out.extend(
+                    self._round_trip(
+                        [("GET", self.keys.detector(m)) for m in metrics[lo : lo + _BATCH]]
+                    )
+                )
+        if any(data is not None and not isinstance(data, bytes) for data in out):
             raise StoreError(
                 "detector snapshots came back as text: build the Store over a client with "
                 "decode_responses=False"
             )
         return out
 
-    def set_snapshots(self, snaps: Mapping[str, tuple[bytes, Mapping[str, bytes]]]) -> None:
-        """Store each metric's detector snapshot, ``{metric: (snapshot, {block:
-        data})}``: the blocks (fields of a hash, others kept) before the snapshot,
-        pipelined. Raises ``StoreError``."""
-        commands: list[tuple[Any, ...]] = []
-        for m, (head, blocks) in snaps.items():
-            if blocks:
-                fields = itertools.chain.from_iterable(blocks.items())
-                commands.append(("HSET", self.keys.detector_ring(m), *fields))
-            commands.append(("SET", self.keys.detector(m), head))
+    def set_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """:meth:`set_blob` for many metrics, pipelined. Raises ``StoreError``."""
+        items = list(blobs.items())
         with self._errors("writing detector snapshots"):
-            for lo in range(0, len(commands), _BATCH):
-                self._round_trip(commands[lo : lo + _BATCH])
+            for lo in range(0, len(items), _BATCH):
+                self._round_trip(
+                    [("SET", self.keys.detector(m), data) for m, data in items[lo : lo + _BATCH]]
+                )
 
     def emitters(self) -> dict[str, int]:
         """``<host>:<pid>`` -> epoch second of that process's last flush. Raises

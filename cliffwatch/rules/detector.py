@@ -375,9 +375,7 @@ class Detector:
         fed): what :meth:`prime` needs to go on from here in another process."""
         return self._recent(np.asarray(rows, np.int64), self._pos, self._csum, self._cvalid)
 
-    def pack_later(
-        self, rows: Sequence[int], ring_cells: Sequence[int] | None = None
-    ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def pack_later(self, rows: Sequence[int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """:meth:`pack` and :meth:`recent_counts` of the metrics at ``rows`` as of now (a
         whole minute), copied in two steps so that a snapshot takes little of a tick.
         Now: what the next :data:`LEND_S` seconds fed would overwrite (the learnt
@@ -386,27 +384,21 @@ class Detector:
         the rest (the minute rings and the rest of the ring, about 35 KB) and gives
         ``(packed, recent)``; it may run in another thread, but must be done before this
         detector is fed more than :data:`LEND_S` seconds or :meth:`keep` moves its rows
-        (:meth:`extend` and :meth:`take` leave them alone). With ``ring_cells``, the
-        packed rows hold only those positions of the 3-day ring of per-minute rates
-        (:data:`RING_PART`), in that order, where the whole ring would be."""
+        (:meth:`extend` and :meth:`take` leave them alone)."""
         idx = np.asarray(rows, np.int64)
-        ring = None if ring_cells is None else np.asarray(ring_cells, np.int64)
         now = {n: self._packed_part(n, idx) for n in _LEARNT if n not in _MINUTE_RINGS}
         rings = {n: getattr(self, n[:-2]) for n in _MINUTE_RINGS}  # the arrays as they are
         pos, csum, cvalid = self._pos, self._csum, self._cvalid
         cells = np.ix_(idx, (pos + np.arange(LEND_S)) % HISTORY_S)  # oldest positions first
         head = (csum[cells], cvalid[cells])
 
-        def part(n: str) -> np.ndarray:
-            if n not in rings:
-                return now[n]
-            if n == RING_PART and ring is not None:
-                out: np.ndarray = rings[n][idx[:, None], ring[None, :]].view(np.uint8)
-                return out
-            return np.take(rings[n], idx, axis=0).reshape(len(idx), -1).view(np.uint8)
-
         def finish() -> tuple[np.ndarray, np.ndarray]:
-            parts = [part(n) for n in _LEARNT]
+            parts = [
+                np.take(rings[n], idx, axis=0).reshape(len(idx), -1).view(np.uint8)
+                if n in rings
+                else now[n]
+                for n in _LEARNT
+            ]
             return np.concatenate(parts, axis=1), self._recent(idx, pos, csum, cvalid, head)
 
         return finish
@@ -1015,13 +1007,6 @@ _LEARNT = (
 )
 
 
-RING_PART = "_minutes_t"
-"""The 3-day ring of per-minute rates: the first and by far the largest part of a packed
-snapshot, float32 per ring position (an epoch minute modulo :data:`RING_MINUTES`), and
-the only large part a minute changes by one cell."""
-assert _LEARNT[0] == RING_PART
-
-
 # parts learnt only since a later version (the tail calibration; the natural low
 # without incidents): snapshots saved before lack them
 _ADDED_SINCE = (
@@ -1074,11 +1059,6 @@ def _split(packed: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
 def _new_metric_parts() -> dict[str, np.ndarray]:
     """The packed parts of a metric that has learnt nothing yet."""
     return _split(Detector(1).pack([0])[0], _LEARNT)
-
-
-def part_size(name: str) -> int:
-    """Bytes of learnt part ``name`` in one metric's packed snapshot."""
-    return _part_sizes()[name]
 
 
 def packed_size() -> int:

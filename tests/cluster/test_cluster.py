@@ -54,7 +54,7 @@ def test_every_store_command_works_on_the_cluster(cluster: Cluster, store: Store
     assert len(homes) == 3
     for m in METRICS:
         keys = [store.keys.seconds(m, T0), store.keys.seconds(m, T0 + 60),
-                store.keys.state(m), store.keys.detector(m), store.keys.detector_ring(m)]
+                store.keys.state(m), store.keys.detector(m)]
         assert len({store.client.keyslot(k) for k in keys}) == 1
 
     store.write_counts({T0 + 59: dict.fromkeys(METRICS, 3), T0 + 60: dict.fromkeys(METRICS, 0)},
@@ -69,9 +69,8 @@ def test_every_store_command_works_on_the_cluster(cluster: Cluster, store: Store
     store.set_state(METRICS[0], {"state": "firing", "at": 5})
     assert store.get_state(METRICS[0]) == {"state": "firing", "at": "5"}
     assert store.get_states(METRICS[:2]) == [{"state": "firing", "at": "5"}, {}]
-    store.set_snapshots({METRICS[1]: (b"\x00snapshot", {"3": b"\x01block"})})
-    assert store.get_snapshots(METRICS[1:3], ["2", "3"]) == [
-        (b"\x00snapshot", [None, b"\x01block"]), (None, [None, None])]
+    store.set_blob(METRICS[1], b"\x00snapshot")
+    assert store.get_blob(METRICS[1]) == b"\x00snapshot"
     assert store.add_silence("s1", "{}") and not store.add_silence("s1", "{}")
     assert store.silences() == {"s1": "{}"} and store.delete_silences(["s1"]) == 1
 

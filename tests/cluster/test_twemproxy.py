@@ -63,8 +63,8 @@ def test_store_reads_and_state_work_through_twemproxy(store: Store) -> None:
     assert store.emitters() == {"h:1": T0 + 2}
     store.set_state(METRICS[0], {"state": "ok"})
     assert store.get_states(METRICS[:2]) == [{"state": "ok"}, {}]
-    store.set_snapshots({METRICS[0]: (b"\x01", {"0": b"\x02"})})
-    assert store.get_snapshots(METRICS[:1], ["0"]) == [(b"\x01", [b"\x02"])]
+    store.set_blob(METRICS[0], b"\x01")
+    assert store.get_blob(METRICS[0]) == b"\x01"
     assert store.add_silence("s", "{}") and store.silences() == {"s": "{}"}
     assert store.acquire_lease("tok", 5000) == 1
     assert store.renew_lease("tok", 5000) == (True, 1) and store.release_lease("tok")

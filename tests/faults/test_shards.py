@@ -289,7 +289,7 @@ def test_a_worker_snapshots_every_minute_of_data_once_within_a_minute_of_the_clo
     # at + 240 (within a minute of the clock), then every minute live
     assert [at - start for at, _ in saved] == [0, 240, 300, 360]
     assert saved[1][1] - saved[0][1] < 10
-    snapshot = snapshots.load(store, METRICS[:1])[0]
+    snapshot = snapshots.decode(METRICS[0], store.get_blob(METRICS[0]))
     assert snapshot is not None and snapshot.at == start + 360
     worker.close()
 
