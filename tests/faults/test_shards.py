@@ -56,9 +56,10 @@ def test_shard_of_is_a_stable_hash_of_the_name() -> None:
 
 
 def test_the_assignment_is_balanced_and_moves_few_shards_on_a_join_or_leave() -> None:
-    """Every shard has exactly one owner, each of N workers gets at most ceil(S/N)
-    shards, and a joining worker takes its share mostly from the others without
-    reshuffling them (rendezvous with bounded loads): far fewer moves than rehashing."""
+    """With no lease held (workers starting together), every shard has exactly one
+    owner, each of N workers gets at most ceil(S/N) shards, and a joining worker takes
+    its share mostly from the others without reshuffling them (rendezvous with bounded
+    loads): far fewer moves than rehashing."""
     members = [f"host:{pid}:x" for pid in (101, 202, 303, 404)]
     for n in range(1, 5):
         got = assignment(members[:n])
@@ -71,17 +72,37 @@ def test_the_assignment_is_balanced_and_moves_few_shards_on_a_join_or_leave() ->
     assert assignment(members[:3]) == three  # the same list: the same answer everywhere
 
 
+def test_the_holders_keep_their_shards_and_a_dead_workers_are_spread_evenly() -> None:
+    """With the leases held as assigned, the assignment is what they hold; a dead
+    worker's 16 shards go to the 3 survivors at most 6 each (up to ceil(64/3)), the
+    survivors keeping all of their own; a fifth worker takes 3 from each of four and
+    nothing else moves."""
+    members = [f"host:{pid}:x" for pid in (101, 202, 303, 404)]
+    four = assignment(members)
+    holders = [next(m for m, shards in four.items() if n in shards) for n in range(SHARDS)]
+    assert assignment(members, SHARDS, holders) == four
+    for dead in members:
+        three = assignment([m for m in members if m != dead], SHARDS, holders)
+        assert sorted(n for shards in three.values() for n in shards) == list(range(SHARDS))
+        for m, shards in three.items():
+            assert set(four[m]) <= set(shards) and len(shards) - len(four[m]) <= 6
+    five = assignment([*members, "host:505:x"], SHARDS, holders)
+    assert len(five["host:505:x"]) == 12
+    assert all(set(five[m]) <= set(four[m]) and len(five[m]) == 13 for m in members)
+
+
 def test_two_shard_maps_split_the_shards_and_hand_over_without_overlap(store: Store) -> None:
     """The first worker takes every shard; when a second joins, the first hands over the
     shards now assigned to the second, which takes them: every shard held by exactly one,
-    as the rendezvous assignment says; a stale writer is fenced off by the shard epoch."""
+    as the assignment says (the half over the bound); a stale writer is fenced off by
+    the shard epoch."""
     a, b = ShardMap(store), ShardMap(store)
     assert len(a.step()) == SHARDS
     assert b.step() == {}  # assigned some, but all are held
     a.step()  # a sees b
     leaving = a.leaving()
-    want = assignment(sorted([a.token, b.token]))
-    assert leaving == set(want[b.token])
+    want = assignment(sorted([a.token, b.token]), SHARDS, [a.token] * SHARDS)
+    assert leaving == set(want[b.token]) and len(leaving) == SHARDS // 2
     a.release(sorted(leaving))
     held_b = b.step()
     assert set(held_b) == set(want[b.token]) and set(a.held()) == set(want[a.token])
@@ -341,7 +362,7 @@ class Fleet:
 
     def settled(self, names: list[str]) -> bool:
         """Every live worker is one of ``names``, each judges some metrics, together all
-        40 exactly once, and the leases match the rendezvous assignment."""
+        40 exactly once, and the leases are as the assignment keeps them."""
         pids = {self.procs[n].pid for n in names}
         live = self.workers()
         if set(live) != pids or any(not info.get("metrics") for info in live.values()):
@@ -349,8 +370,8 @@ class Fleet:
         if sum(int(str(info["metrics"])) for info in live.values()) != len(METRICS):
             return False
         tokens = list(self.store.live_workers())
-        want = assignment(sorted(tokens))
         holders = self.store.shard_holders(SHARDS)
+        want = assignment(sorted(tokens), SHARDS, holders)
         return all(holders[n] == t for t, shards in want.items() for n in shards)
 
     def log(self) -> str:
@@ -380,8 +401,8 @@ def test_workers_split_the_metrics_and_a_joining_worker_gets_its_share(
 ) -> None:
     """Two workers split 40 metrics: each metric is judged by exactly one of them (its
     shard's lease holder, which is also who writes its status), each says how many it
-    judges; a third joins and the shards rebalance to the rendezvous assignment (each
-    worker about a third of them) within about a minute; nothing is paged."""
+    judges; a third joins and the shards rebalance (each worker about a third of them)
+    within about a minute; nothing is paged."""
     f, stub, _ = fleet
     f.start("a")
     wait_for(lambda: f.settled(["a"]), timeout=30, what="a lone worker to judge all 40")
