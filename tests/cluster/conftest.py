@@ -21,22 +21,36 @@ CLUSTER_NODE_TIMEOUT_MS = 1000
 SENTINEL_DOWN_AFTER_MS = 1000
 
 
-def free_port(bus_offset: int = 0) -> int:
-    """A loopback port free now (and, with ``bus_offset``, ``port + bus_offset`` too)."""
-    for _ in range(200):
-        with socket.socket() as sock:
+def free_ports(count: int, bus_offset: int = 0) -> list[int]:
+    """``count`` distinct loopback ports free now (and, with ``bus_offset``, each
+    ``port + bus_offset`` too). Every port stays bound until all are chosen, so the
+    kernel cannot hand the same one out twice."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(200 * count):
+            if len(ports) == count:
+                return ports
+            sock = socket.socket()
+            held.append(sock)
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if not bus_offset:
-            return port
-        if port + bus_offset < 65536:
-            with socket.socket() as sock:
+            if bus_offset:
+                if port + bus_offset >= 65536:
+                    continue
+                bus = socket.socket()
+                held.append(bus)
                 try:
-                    sock.bind(("127.0.0.1", port + bus_offset))
+                    bus.bind(("127.0.0.1", port + bus_offset))
                 except OSError:
                     continue
-            return port
-    raise RuntimeError("no free port pair found")
+            ports.append(port)
+        if len(ports) == count:
+            return ports
+        raise RuntimeError(f"no {count} free ports found")
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def binary(name: str) -> str:
@@ -49,8 +63,10 @@ def binary(name: str) -> str:
     return path
 
 
-def wait(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; return the seconds it took. Fails after ``timeout``."""
+def wait(condition: Callable[[], object], timeout: float, what: str,
+         describe: Callable[[], str] | None = None) -> float:
+    """Poll ``condition`` until true; return the seconds it took. Fails after ``timeout``,
+    with what ``describe`` says of the state then."""
     start = time.monotonic()
     while True:
         try:
@@ -59,7 +75,8 @@ def wait(condition: Callable[[], object], timeout: float, what: str) -> float:
         except (redis.RedisError, OSError):
             pass
         if time.monotonic() - start > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            detail = f"\n{describe()}" if describe else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{detail}")
         time.sleep(0.02)
 
 
@@ -112,7 +129,7 @@ class Cluster:
     with one replica per master."""
 
     def __init__(self, root: Path) -> None:
-        self.ports = [free_port(bus_offset=10000) for _ in range(6)]
+        self.ports = free_ports(6, bus_offset=10000)
         self.nodes = {
             port: Process(
                 redis_argv(port, "--cluster-enabled", "yes",
@@ -224,9 +241,7 @@ class Twemproxy:
 
     def __init__(self, root: Path) -> None:
         self.nutcracker = binary("nutcracker")
-        self.port = free_port()
-        self.stats_port = free_port()
-        self.shard_ports = [free_port() for _ in range(3)]
+        self.port, self.stats_port, *self.shard_ports = free_ports(5)
         self.shards = [Process(redis_argv(p), root / str(p), root / f"{p}.log")
                        for p in self.shard_ports]
         servers = "\n".join(f"   - 127.0.0.1:{p}:1 shard{i}"
@@ -280,8 +295,7 @@ class Sentinels:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.master_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.master_port, self.replica_port = free_ports(2)
         self.servers = {
             self.master_port: Process(redis_argv(self.master_port), root / "master",
                                       root / "master.log"),
@@ -290,18 +304,25 @@ class Sentinels:
                            str(self.master_port)),
                 root / "replica", root / "replica.log"),
         }
+        self.sentinel_ports: list[int] = []
         self.sentinels: list[Process] = []
+
+    def _start_sentinels(self) -> None:
+        """Three sentinels on ports chosen just now, so nothing else has taken them."""
+        self.sentinel_ports = free_ports(3)
         for port in self.sentinel_ports:
-            conf = root / f"sentinel-{port}.conf"
+            conf = self.root / f"sentinel-{port}.conf"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {root}\n"
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
-            self.sentinels.append(Process([*_sentinel_command(), str(conf), "--sentinel"],
-                                          root, root / f"sentinel-{port}.log"))
+            sentinel = Process([*_sentinel_command(), str(conf), "--sentinel"],
+                               self.root, self.root / f"sentinel-{port}.log")
+            sentinel.start()
+            self.sentinels.append(sentinel)
 
     @property
     def url(self) -> str:
@@ -326,10 +347,23 @@ class Sentinels:
             wait(lambda p=port: client(p).ping(), 10, f"redis {port}")
         wait(lambda: client(self.replica_port).info("replication")
              .get("master_link_status") == "up", 15, "the replica in sync")
-        for sentinel in self.sentinels:
-            sentinel.start()
+        self._start_sentinels()
         wait(lambda: all(_sentinels_seen(client(p)) == 3 for p in self.sentinel_ports),
-             20, "three sentinels that know each other")
+             20, "three sentinels that know each other", self._describe)
+
+    def _describe(self) -> str:
+        """What each sentinel sees, and the end of its log (for a failed wait)."""
+        lines = []
+        for port, sentinel in zip(self.sentinel_ports, self.sentinels, strict=True):
+            try:
+                seen: object = _sentinels_seen(client(port))
+            except (redis.RedisError, OSError, KeyError) as exc:
+                seen = exc
+            exited = sentinel.popen.poll() if sentinel.popen else None
+            tail = sentinel.log.read_text(errors="replace").splitlines()[-5:]
+            lines.append(f"sentinel {port}: sees {seen}, exit code {exited}; log ends:")
+            lines.extend(f"    {line}" for line in tail)
+        return "\n".join(lines)
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
