@@ -26,12 +26,14 @@ from cliffwatch.rules.detector import (
     RESOLVE_FLOOR_SCALE,
     RING_MINUTES,
     SCALES,
+    SHORT_SCALES,
     TAIL_P,
     Detector,
     _lowest_of_both,
     _lowest_with,
     _nb_signed_root,
     _split,
+    _three_lowest,
 )
 
 T0 = 1_700_000_000 - 1_700_000_000 % 60  # a whole minute
@@ -179,6 +181,53 @@ def test_an_incident_is_over_where_the_metric_goes_by_itself_not_where_incidents
         began, ended = T0 + m * 60, T0 + (m + 12) * 60
         assert began <= fired.at <= began + 30
         assert ended <= resolved.at <= ended + 60, (m, resolved.at - ended)
+
+
+@pytest.mark.parametrize("seed", range(104, 112))
+def test_the_minutes_before_a_page_are_the_incidents_not_the_metrics_nature(seed: int) -> None:
+    """A quiet metric (0.3/s) falls to 30 % for 25 minutes; at that volume the page
+    takes minutes. The minutes of the fall before the page are the incident's: they
+    do not lower the natural low (where the metric goes by itself), which is what it
+    was before the fall, so the incident resolves only once the rate is back. (Counted
+    as the metric's own, they took the natural low to 45-77 % and resolved two of these
+    incidents 2 to 14 minutes early.)"""
+    warm, low = 12 * 3600, 1500
+    curve = np.full(warm + low + 3600, 0.3)
+    curve[warm : warm + low] = 0.3 * 0.3
+    counts = bursty(curve, seed)[None]
+    det = Detector(1, warmup_minutes=warm // 60)
+    assert det.update(counts[:, :warm], T0) == []
+    natural_low = det.natural_low[0]
+    out = det.update(counts[:, warm:], T0 + warm)
+    assert [t.state for t in out] == ["firing", "resolved"]
+    began, ended = T0 + warm, T0 + warm + low
+    assert began < out[0].at <= began + low // 2
+    assert ended <= out[1].at <= ended + 120
+    assert det.natural_low[0] == natural_low
+
+
+@pytest.mark.parametrize("seed", range(120, 128))
+def test_an_outage_never_becomes_the_metrics_nature_not_even_before_its_page(
+    seed: int,
+) -> None:
+    """At 0.1/s an outage pages about four minutes in; its silent minutes before the
+    page would otherwise set the natural floor of the 4- and 8-minute windows (to
+    17-39 % from 43-51 %), and the next outage would count as partly natural. The
+    natural floor at those scales is no lower after the outage than before it."""
+    warm, low = 12 * 3600, 1200
+    curve = np.full(warm + low + 3600, 0.1)
+    curve[warm : warm + low] = 0.0
+    counts = bursty(curve, seed)[None]
+    det = Detector(1, warmup_minutes=warm // 60)
+    det.update(counts[:, :warm], T0)
+    short = len(SHORT_SCALES)  # up to 512 s
+    before = det.floor[:short, 0].copy()
+    assert np.isfinite(before[-2:]).all()  # the 256 s and 512 s floors are learnt
+    out = det.update(counts[:, warm:], T0 + warm)
+    assert [t.state for t in out] == ["firing", "resolved"]
+    assert T0 + warm + 120 < out[0].at <= T0 + warm + 600
+    after = det.floor[:short, 0]
+    assert ((after >= before) | np.isnan(before)).all(), (before, after)
 
 
 def diving(rate: float, minutes: int, seed: int, every_s: int = 600) -> np.ndarray:
@@ -613,6 +662,19 @@ def test_the_natural_floor_selects_the_three_lowest_as_a_sort_would(
     every = np.sort(np.concatenate([now, low[1:].ravel()]))
     third = functools.reduce(_lowest_of_both, low[1:], now)[-1]
     np.testing.assert_array_equal(third, every[2])
+
+
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.05, 0.2, 0.7, 1.0, math.inf]),
+                         min_size=2, max_size=2), min_size=1, max_size=16))
+def test_the_minutes_a_page_may_take_back_give_their_three_lowest_as_a_sort_would(
+    minutes: list[list[float]],
+) -> None:
+    """The last minutes' lowest ratios (each minute's, at two scales), not yet counted
+    for good, take part in the natural floor by their three lowest: chosen by min and
+    max, they are what sorting them gives (infinity: a minute that learnt nothing)."""
+    values = np.asarray(minutes, np.float32)
+    expected = np.sort(np.concatenate([values, np.full((2, 2), np.inf, np.float32)]), axis=0)
+    np.testing.assert_array_equal(_three_lowest(values), expected[:3])
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:

@@ -47,7 +47,11 @@ that scale?* — the rate's derivative, in noise units.
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
   (an incident counts once, as one minute, unless it was total silence: an outage is
-  never a metric's nature). ``r_w`` is weighted by
+  never a metric's nature). The minutes of a fall before its page are the incident's
+  too: a quiet metric's fall takes minutes to page, and counted as its own nature they
+  would make the next such fall look natural. So a minute counts at once, but for good
+  only when 16 minutes old (``LEAD_MINUTES``); a page takes back those not yet counted
+  for good. ``r_w`` is weighted by
   ``min(1, (1 - S/E) / (1 - f_w) / 1.3)``: full weight only for a fall 1.3 times as deep
   as the natural one. Where the window is judged against the rate just before it and
   that rate is already below the natural floor (at the scale of the rate before: a
@@ -81,8 +85,9 @@ longer significantly (1 sd) below it. A metric that falls deep on its own is bac
 sooner: at its natural low, when that is below 75 % (an outage of a metric that dips to
 a tenth of its level by nature is over once it runs at a tenth). The natural low is the
 natural floor at the 512 s scale learnt from the metric's own falls only: earlier
-incidents, which the floor counts once each, are no measure of where the metric goes by
-itself, and three halvings in a day must not make the fourth over while it lasts.
+incidents, which the floor counts once each, and the minutes before their pages are no
+measure of where the metric goes by itself, and three halvings in a day must not make
+the fourth over while it lasts.
 An incident older than an hour lets its new level into the normal rate.
 
 State changes only at whole-minute boundaries (normal rate, noise, floor) or at a
@@ -118,6 +123,8 @@ FLOOR_MIN_EVENTS = 20.0  # natural falls are learnt where a window expects this 
 FLOOR_HALF_DAY = 720
 FLOOR_HALF_DAYS = 6  # the natural floor remembers the last 2.5 to 3 days, in half-days
 FLOOR_RANK = 3  # ... and is its third-lowest minute
+LEAD_MINUTES = 16  # a fall's minutes count as the metric's nature once this old, unless
+# it paged first: then they are the incident's lead-in
 DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
 WARMUP_MINUTES = DAY_MINUTES
 NOISE_MEMORY_MINUTES = 360
@@ -218,6 +225,9 @@ class Detector:
         # left out): the level at which an incident is over (_back_to)
         self._low_now = np.full((FLOOR_RANK, m), np.inf)
         self._low_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, m), np.inf)
+        # the last LEAD_MINUTES minutes' lowest ratios, not yet counted in _floor_now and
+        # _low_now: a page takes them back as its lead-in (by epoch minute)
+        self._lead = np.full((LEAD_MINUTES, len(SCALES), m), np.inf, np.float32)
         self.natural_low = np.full(m, np.nan)
         self.recent = np.full(m, np.nan)  # median rate of the last hour
         self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
@@ -842,12 +852,19 @@ class Detector:
 
         # the natural floor: the FLOOR_RANK-th lowest of the per-minute lowest ratios
         # over the last 2.5 to 3 days, so one blip or one odd minute does not set it;
-        # the natural low likewise, at one scale
-        self._floor_now = _lowest_with(self._floor_now, self._minute_floor)
-        self._low_now = _lowest_with(self._low_now, self._minute_floor[RESOLVE_FLOOR_SCALE])
+        # the natural low likewise, at one scale. A minute counts for good once
+        # LEAD_MINUTES old; the newer ones count too, unless a page takes them back.
+        slot = minute % LEAD_MINUTES
+        old = self._lead[slot]
+        self._floor_now = _lowest_with(self._floor_now, old)
+        self._low_now = _lowest_with(self._low_now, old[RESOLVE_FLOOR_SCALE])
+        self._lead[slot] = self._minute_floor
         self._minute_floor[:] = np.inf
-        self.floor = _rank_floor(self._floor_before, self._floor_now)
-        self.natural_low = _rank_floor(self._low_before, self._low_now)
+        lead = _three_lowest(self._lead)
+        self.floor = _rank_floor(self._floor_before, _lowest_of_both(self._floor_now, lead))
+        self.natural_low = _rank_floor(
+            self._low_before, _lowest_of_both(self._low_now, lead[:, RESOLVE_FLOOR_SCALE])
+        )
         if minute % FLOOR_HALF_DAY == 0:
             before, now = self._floor_before, self._floor_now
             self._floor_before, self._floor_now = _next_half_day(before, now)
@@ -969,6 +986,12 @@ class Detector:
             self.firing[i] = True
             self.frozen[i] = self.baseline[i]
             self._fire_pos[i] = pos
+            # the falls of the minutes before the page were the incident's beginning,
+            # not the metric's nature: they count with the incident, once
+            lead = np.fmin(self._lead[:, :, i].min(axis=0), self._minute_floor[:, i])
+            self._incident_floor[:, i] = np.fmin(self._incident_floor[:, i], lead)
+            self._lead[:, :, i] = np.inf
+            self._minute_floor[:, i] = np.inf
         else:
             _, w = self._resolve_level(i)
             self.firing[i] = False
@@ -999,6 +1022,7 @@ _LEARNT = (
     "_low_now",
     "_low_before",
     "natural_low",
+    "_lead",
     "recent",
     "expected",
     "baseline",
@@ -1008,10 +1032,11 @@ _LEARNT = (
 
 
 # parts learnt only since a later version (the tail calibration; the natural low
-# without incidents): snapshots saved before lack them
+# without incidents; the minutes a page may take back): snapshots saved before lack them
 _ADDED_SINCE = (
     frozenset({"_tail_minutes", "tail"}),
     frozenset({"_low_now", "_low_before", "natural_low"}),
+    frozenset({"_lead"}),
 )
 _ADDED = frozenset().union(*_ADDED_SINCE)
 _EARLIER = tuple(  # earlier packed layouts, oldest first
@@ -1158,6 +1183,22 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0))),
         ]
     )
+
+
+def _three_lowest(values: np.ndarray) -> np.ndarray:
+    """The three lowest along the first axis of ``values`` (at least one), sorted: as
+    ``np.sort(values, axis=0)[:3]``, but each slice is inserted in turn, in place,
+    which takes a quarter of the time of sorting them all."""
+    low0 = values[0].copy()
+    low1, low2 = np.full_like(low0, np.inf), np.full_like(low0, np.inf)
+    up, up2 = np.empty_like(low0), np.empty_like(low0)
+    for x in values[1:]:
+        np.maximum(low0, x, out=up)
+        np.minimum(low0, x, out=low0)
+        np.maximum(low1, up, out=up2)
+        np.minimum(low1, up, out=low1)
+        np.minimum(low2, up2, out=low2)
+    return np.stack([low0, low1, low2])
 
 
 def _rank_floor(before: np.ndarray, now: np.ndarray) -> np.ndarray:
