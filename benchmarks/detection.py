@@ -2,6 +2,7 @@
 """Drop-detection benchmark: ``cliffwatch backtest`` on every traffic scenario, scored.
 
     python benchmarks/detection.py [--only NAME ...] [--smoke] [--reseed K] [--markdown] [-v]
+                                   [--against CACHE]
 
 Scenarios come from the shared traffic benchmark (``<bench>/scenarios/*.json``, the
 public ones) and from ``benchmarks/scenarios/*.json`` (ours, on other real series,
@@ -21,7 +22,10 @@ without events; ``shop`` unless ``--only`` names another) to show that the pipel
 runs; it checks no goals. ``--reseed K`` runs every scenario with its seed K higher:
 the same recipe (series, rates, burstiness, events) with traffic and incidents never
 seen, to check that a change does not just fit the usual seeds. ``--markdown`` also
-prints the table as Markdown.
+prints the table as Markdown. ``--against CACHE`` compares each must-page incident's
+first page with the one in the alerts another run left in CACHE (its
+``$CLIFFWATCH_BENCH_CACHE``, e.g. a run of the code before a change): which incidents
+paged earlier or later, were found or lost, and how many paged at the same second.
 
 Exit status: 0 when every scenario meets every goal (or the smoke run ran), 1 when
 a scenario misses a goal or a step fails, 2 for bad arguments or a missing tool.
@@ -54,6 +58,7 @@ FALSE_PER_METRIC_DAY_MAX = 0.033  # about one false page a month per metric
 DELAY_VS_LIMIT_MAX = 3.0
 TIMED_SCENARIO = "shop"
 TIMED_SECONDS_MAX = 20.0
+LATE_S = 60  # as score.py: a page up to this long after an incident's end detects it
 
 
 class BenchError(Exception):
@@ -369,6 +374,69 @@ def details(r: Result) -> str:
     return "\n".join(lines)
 
 
+def first_pages(out: Path) -> dict[tuple[str, int], int]:
+    """Each must-page incident's first page in the run left in ``out`` (truth.json,
+    alerts.jsonl), as score.py counts a detection: the first page of its metric from
+    its start to LATE_S after its end. Keyed by (metric, start); missed ones left out."""
+    truth = json.loads((out / "truth.json").read_text())
+    pages: dict[str, list[int]] = {}
+    with open(out / "alerts.jsonl") as f:
+        for line in f:
+            a = json.loads(line) if line.strip() else {}
+            if a.get("state") == "firing" and a.get("severity", "page") == "page":
+                pages.setdefault(a["metric"], []).append(int(a["at"]))
+    found = {}
+    for ev in truth["events"]:
+        if ev.get("must_page"):
+            last = ev["end"] + LATE_S
+            hits = [t for t in pages.get(ev["metric"], []) if ev["start"] <= t <= last]
+            if hits:
+                found[(ev["metric"], ev["start"])] = min(hits)
+    return found
+
+
+def compare(results: list[Result], cache: Path, against: Path) -> None:
+    """Print, incident by incident, how this run's first pages differ from those of
+    the run left in ``against`` (the same scenarios), and the totals."""
+    print()
+    print(f"first pages of must-page incidents, against the run in {against}:")
+    moved: list[int] = []
+    same = found = lost = 0
+    for r in results:
+        if r.error:
+            continue
+        try:
+            now, then = first_pages(cache / r.name), first_pages(against / r.name)
+            truth = json.loads((cache / r.name / "truth.json").read_text())
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"  {r.name}: cannot compare: {exc}")
+            continue
+        for ev in truth["events"]:
+            key = (ev["metric"], ev["start"])
+            if not ev.get("must_page"):
+                continue
+            a, b = then.get(key), now.get(key)
+            if a == b:  # the same second, or missed by both
+                same += a is not None
+                continue
+            found += a is None
+            lost += b is None
+            if a is not None and b is not None:
+                moved.append(b - a)
+            was = "missed" if a is None else f"{a - ev['start']} s"
+            is_ = "missed" if b is None else f"{b - ev['start']} s"
+            print(f"  {r.name:16s} {ev['metric']:20s} {ev['kind']:8s} at {ev['start']}: "
+                  f"{was} -> {is_} (limit {ev['cusum_limit_s']:.0f} s)")
+    earlier = [-d for d in moved if d < 0]
+    later = [d for d in moved if d > 0]
+    print(f"  {len(earlier)} paged earlier{_by(earlier)}, {len(later)} later{_by(later)}, "
+          f"{same} at the same second, {found} found that were missed, {lost} lost")
+
+
+def _by(seconds: list[int]) -> str:
+    return f" (by {min(seconds)}-{max(seconds)} s)" if seconds else ""
+
+
 def report(results: list[Result], *, goals: bool, markdown: bool, verbose: bool) -> int:
     """Print the table (and goals, verdicts, Markdown, details as asked); the exit status."""
     rows = [row(r) for r in results]
@@ -431,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="K",
         help="run each scenario with its seed + K: the same recipe, traffic never seen",
     )
+    ap.add_argument(
+        "--against",
+        metavar="CACHE",
+        help="compare each incident's first page with another run's (its cache folder)",
+    )
     args = ap.parse_args(argv)
     try:
         bench = bench_dir(args.bench_dir)
@@ -447,8 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenarios = [by_name[n] for n in args.only]
         if args.smoke:
             source = scenarios[0] if args.only else by_name.get(SMOKE_SCENARIO, scenarios[0])
-            smoke = {"days": SMOKE_DAYS, "warmup_hours": SMOKE_WARMUP_HOURS}
-            scenarios = [variant(source, cache, f"{source.name}-smoke", **smoke)]
+            smoke = variant(
+                source, cache, f"{source.name}-smoke",
+                days=SMOKE_DAYS, warmup_hours=SMOKE_WARMUP_HOURS,
+            )
+            scenarios = [smoke]
         if args.reseed:
             scenarios = [
                 variant(s, cache, f"{s.name}+{args.reseed}", reseed=args.reseed) for s in scenarios
@@ -457,7 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"detection.py: {exc}", file=sys.stderr)
         return 2
     results = [run_scenario(bench, cli, s, cache) for s in scenarios]
-    return report(results, goals=not args.smoke, markdown=args.markdown, verbose=args.verbose)
+    status = report(results, goals=not args.smoke, markdown=args.markdown, verbose=args.verbose)
+    if args.against:
+        compare(results, cache, Path(args.against))
+    return status
 
 
 if __name__ == "__main__":
