@@ -189,7 +189,7 @@ def test_the_minutes_before_a_page_are_the_incidents_not_the_metrics_nature(seed
     takes minutes. The minutes of the fall before the page are the incident's: they
     do not lower the natural low (where the metric goes by itself), which is what it
     was before the fall, so the incident resolves only once the rate is back. (Counted
-    as the metric's own, they took the natural low to 45-77 % and resolved two of these
+    as the metric's own, they took the natural low to 45-79 % and resolved two of these
     incidents 2 to 14 minutes early.)"""
     warm, low = 12 * 3600, 1500
     curve = np.full(warm + low + 3600, 0.3)
