@@ -230,6 +230,30 @@ def test_an_outage_never_becomes_the_metrics_nature_not_even_before_its_page(
     assert ((after >= before) | np.isnan(before)).all(), (before, after)
 
 
+@pytest.mark.parametrize("seed", range(130, 136))
+def test_outages_shorter_than_the_long_windows_do_not_lower_their_floor(seed: int) -> None:
+    """Three 6-minute outages an hour apart at 1/s: each pages and resolves. The 8- to
+    34-minute windows outlast them and never fall silent, yet an outage is no measure
+    of the metric's own falls at any scale: the natural floor there is what it was
+    before (counted once each, three of them took the 512 s floor from 0.85-0.88 to
+    0.27-0.33, and a later fall to a third would have counted as natural)."""
+    warm, every, low = 12 * 3600, 3600, 360
+    curve = np.full(warm + 3 * every + 3600, 1.0)
+    starts = [warm + k * every for k in range(3)]
+    for a in starts:
+        curve[a : a + low] = 0.0
+    counts = bursty(curve, seed)[None]
+    det = Detector(1, warmup_minutes=warm // 60)
+    det.update(counts[:, :warm], T0)
+    before = det.floor[:, 0].copy()
+    out = det.update(counts[:, warm:], T0 + warm)
+    assert [t.state for t in out] == ["firing", "resolved"] * 3
+    for a, fired in zip(starts, out[::2], strict=True):
+        assert T0 + a < fired.at <= T0 + a + 60
+    longer = np.asarray(SCALES) >= 512
+    assert (det.floor[longer, 0] >= before[longer] - 0.01).all(), (before, det.floor[:, 0])
+
+
 def diving(rate: float, minutes: int, seed: int, every_s: int = 600) -> np.ndarray:
     """Counts at ``rate`` (bursty as :func:`poisson`) that dive to 30 % for 15 s every
     ``every_s`` seconds, as some real series do on their own."""

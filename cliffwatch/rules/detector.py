@@ -46,12 +46,13 @@ that scale?* — the rate's derivative, in noise units.
   doubled the false pages), and a silence under a minute is a blip (a pause, a restart).
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
-  (an incident counts once, as one minute, unless it was total silence: an outage is
-  never a metric's nature). The minutes of a fall before its page are the incident's
-  too: a quiet metric's fall takes minutes to page, and counted as its own nature they
-  would make the next such fall look natural. So a minute counts at once, but for good
-  only when 16 minutes old (``LEAD_MINUTES``); a page takes back those not yet counted
-  for good. ``r_w`` is weighted by
+  (an incident counts once, as one minute, unless it was silent at some scale, where
+  20 events or more were expected: an outage is never a metric's nature, not even
+  through its longer windows, which outlast it and see some events). The minutes of a
+  fall before its page are the incident's too: a quiet metric's fall takes minutes to
+  page, and counted as its own nature they would make the next such fall look natural.
+  So a minute counts at once, but for good only when 16 minutes old (``LEAD_MINUTES``);
+  a page takes back those not yet counted for good. ``r_w`` is weighted by
   ``min(1, (1 - S/E) / (1 - f_w) / 1.3)``: full weight only for a fall 1.3 times as deep
   as the natural one. Where the window is judged against the rate just before it and
   that rate is already below the natural floor (at the scale of the rate before: a
@@ -1000,8 +1001,8 @@ class Detector:
             # an incident counts once among the natural falls: one odd minute does not
             # set the floor, three cliffs in a day are this metric's nature
             inc = self._incident_floor[:, i]
-            inc = np.where(inc > 0, inc, np.inf)  # a total outage is never the metric's nature
-            self._floor_now[:, :, i] = _lowest_with(self._floor_now[:, :, i], inc)
+            if (inc > 0).all():  # an outage (silence at any scale) is never its nature
+                self._floor_now[:, :, i] = _lowest_with(self._floor_now[:, :, i], inc)
             self._incident_floor[:, i] = np.inf
         return Transition(i, t.state, at, t.score, t.rate, t.baseline)
 
