@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 OUR_SCENARIOS = HERE / "scenarios"
@@ -374,19 +374,18 @@ def details(r: Result) -> str:
     return "\n".join(lines)
 
 
-def first_pages(out: Path) -> dict[tuple[str, int], int]:
-    """Each must-page incident's first page in the run left in ``out`` (truth.json,
-    alerts.jsonl), as score.py counts a detection: the first page of its metric from
-    its start to LATE_S after its end. Keyed by (metric, start); missed ones left out."""
-    truth = json.loads((out / "truth.json").read_text())
+def first_pages(events: list[dict[str, Any]], alerts: Path) -> dict[tuple[str, int], int]:
+    """Each must-page incident's first page among ``alerts`` (alerts.jsonl), as score.py
+    counts a detection: the first page of its metric from its start to LATE_S after its
+    end. Keyed by (metric, start); missed ones left out."""
     pages: dict[str, list[int]] = {}
-    with open(out / "alerts.jsonl") as f:
+    with open(alerts) as f:
         for line in f:
             a = json.loads(line) if line.strip() else {}
             if a.get("state") == "firing" and a.get("severity", "page") == "page":
                 pages.setdefault(a["metric"], []).append(int(a["at"]))
     found = {}
-    for ev in truth["events"]:
+    for ev in events:
         if ev.get("must_page"):
             last = ev["end"] + LATE_S
             hits = [t for t in pages.get(ev["metric"], []) if ev["start"] <= t <= last]
@@ -406,15 +405,16 @@ def compare(results: list[Result], cache: Path, against: Path) -> None:
         if r.error:
             continue
         try:
-            now, then = first_pages(cache / r.name), first_pages(against / r.name)
-            truth = json.loads((cache / r.name / "truth.json").read_text())
+            events = json.loads((cache / r.name / "truth.json").read_text())["events"]
+            now = first_pages(events, cache / r.name / "alerts.jsonl")
+            then = first_pages(events, against / r.name / "alerts.jsonl")
         except (OSError, ValueError, KeyError) as exc:
             print(f"  {r.name}: cannot compare: {exc}")
             continue
-        for ev in truth["events"]:
-            key = (ev["metric"], ev["start"])
+        for ev in events:
             if not ev.get("must_page"):
                 continue
+            key = (ev["metric"], ev["start"])
             a, b = then.get(key), now.get(key)
             if a == b:  # the same second, or missed by both
                 same += a is not None
