@@ -29,8 +29,6 @@ def free_ports(count: int, bus_offset: int = 0) -> list[int]:
     ports: list[int] = []
     try:
         for _ in range(200 * count):
-            if len(ports) == count:
-                return ports
             sock = socket.socket()
             held.append(sock)
             sock.bind(("127.0.0.1", 0))
@@ -45,8 +43,8 @@ def free_ports(count: int, bus_offset: int = 0) -> list[int]:
                 except OSError:
                     continue
             ports.append(port)
-        if len(ports) == count:
-            return ports
+            if len(ports) == count:
+                return ports
         raise RuntimeError(f"no {count} free ports found")
     finally:
         for sock in held:
