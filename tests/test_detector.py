@@ -254,6 +254,32 @@ def test_outages_shorter_than_the_long_windows_do_not_lower_their_floor(seed: in
     assert (det.floor[longer, 0] >= before[longer] - 0.01).all(), (before, det.floor[:, 0])
 
 
+@pytest.mark.parametrize("seed", range(140, 146))
+def test_a_fall_not_yet_paged_does_not_become_the_normal_rate_until_its_lead_in_ends(
+    seed: int,
+) -> None:
+    """A 0.3/s metric falls to 10 % and stays there, with a threshold that never pages
+    (a quiet metric's fall can take many minutes to page). 35 minutes in, the last
+    hour's median alone is the fall's own rate (0.03-0.05); the normal rate is still
+    near the rate before the fall, because the fall went deeper than the metric's
+    natural floor and the hour before its 16-minute lead-in counts too. Once that hour
+    is mostly the fall as well (70 minutes in) the new level is the normal rate: it is
+    held, not frozen."""
+    warm, low, held = 12 * 3600, 70 * 60, 35 * 60
+    curve = np.full(warm + low, 0.3)
+    curve[warm:] = 0.03
+    counts = bursty(curve, seed)[None]
+    det = Detector(1, thresholds=-1e9, warmup_minutes=warm // 60)
+    det.update(counts[:, :warm], T0)
+    before = det.recent[0]
+    assert 0.25 < before < 0.35
+    det.update(counts[:, warm : warm + held], T0 + warm)
+    assert det.recent[0] > 0.8 * before, (before, det.recent[0])
+    assert not det.firing[0]
+    det.update(counts[:, warm + held :], T0 + warm + held)
+    assert det.recent[0] < 0.06, det.recent[0]
+
+
 def diving(rate: float, minutes: int, seed: int, every_s: int = 600) -> np.ndarray:
     """Counts at ``rate`` (bursty as :func:`poisson`) that dive to 30 % for 15 s every
     ``every_s`` seconds, as some real series do on their own."""

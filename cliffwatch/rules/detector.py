@@ -16,6 +16,10 @@ that scale?* — the rate's derivative, in noise units.
   over the last hour (minutes inside an incident left out, so a surge that ends or a
   blip does not move it) and the daily cycle's rate for this minute (the same time on
   each of the last three days, scaled by how today's last hour compares with theirs).
+  While a fall not yet paged goes deeper than the natural floor (below), at 64 s or
+  longer, the last hour's median is at least that of the hour before the fall's
+  16-minute lead-in: a quiet metric's fall, which can take half an hour to page, is
+  not judged against itself.
 * ``L`` is the rate in the ``max(w, 60)`` seconds just before the window. The window is
   judged against ``L`` when that is significantly (2 sd) below ``B`` — a decline or a
   dip already under way is not a new cliff — and against ``B`` otherwise. Without a
@@ -126,6 +130,7 @@ FLOOR_HALF_DAYS = 6  # the natural floor remembers the last 2.5 to 3 days, in ha
 FLOOR_RANK = 3  # ... and is its third-lowest minute
 LEAD_MINUTES = 16  # a fall's minutes count as the metric's nature once this old, unless
 # it paged first: then they are the incident's lead-in
+FALL_SCALE = SHORT_SCALES.index(64)  # falls seen at 64 s or longer hold the normal rate up
 DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
 WARMUP_MINUTES = DAY_MINUTES
 NOISE_MEMORY_MINUTES = 360
@@ -832,11 +837,24 @@ class Detector:
         self._mvalid[:, minute % MINUTE_RING] = self._minute_valid
         self.minutes_seen += self._minute_valid >= 30
 
-        def span(first: int, last: int) -> np.ndarray:
-            parts = _ring_slices(self._minutes, first, last + 1)
+        def span(first: int, last: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+            parts = [p[rows] for p in _ring_slices(self._minutes, first, last + 1)]
             return _nanmedian(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
 
         recent = span(minute - RECENT_MINUTES + 1, minute)
+        # a fall under way, not paged, that goes deeper than the metric has gone on its
+        # own (its lead-in minutes below the floor counted for good, at a minute or
+        # longer) does not pull the normal rate down with it: the hour before its
+        # lead-in counts too. So a quiet metric's fall, which takes long to page, is
+        # not judged against itself after half an hour.
+        deep = slice(FALL_SCALE, None)
+        settled = _rank_floor(self._floor_before[:, :, deep], self._floor_now[:, deep])
+        with np.errstate(invalid="ignore"):
+            falling = np.flatnonzero((self._lead[:, deep].min(axis=0) < settled).any(axis=0))
+        if falling.size:
+            lead_in = minute - LEAD_MINUTES
+            before = span(lead_in - RECENT_MINUTES + 1, lead_in, falling)
+            recent[falling] = np.fmax(recent[falling], before)
         guesses = []
         for day in range(1, PROFILE_DAYS + 1):
             back = minute - day * DAY_MINUTES
