@@ -16,10 +16,10 @@ that scale?* — the rate's derivative, in noise units.
   over the last hour (minutes inside an incident left out, so a surge that ends or a
   blip does not move it) and the daily cycle's rate for this minute (the same time on
   each of the last three days, scaled by how today's last hour compares with theirs).
-  While a fall not yet paged goes deeper than the natural floor (below), at 64 s or
-  longer, the last hour's median is at least that of the hour before the fall's
-  16-minute lead-in: a quiet metric's fall, which can take half an hour to page, is
-  not judged against itself.
+  While a fall not yet paged goes 1.3 times as deep as the natural floor (below), at
+  64 s or longer, the last hour's median is at least that of the hour before the
+  fall's 16-minute lead-in: a quiet metric's fall, which can take half an hour to
+  page, is not judged against itself.
 * ``L`` is the rate in the ``max(w, 60)`` seconds just before the window. The window is
   judged against ``L`` when that is significantly (2 sd) below ``B`` — a decline or a
   dip already under way is not a new cliff — and against ``B`` otherwise. Without a
@@ -843,14 +843,16 @@ class Detector:
 
         recent = span(minute - RECENT_MINUTES + 1, minute)
         # a fall under way, not paged, that goes deeper than the metric has gone on its
-        # own (its lead-in minutes below the floor counted for good, at a minute or
-        # longer) does not pull the normal rate down with it: the hour before its
+        # own (its lead-in minutes DEPTH_MARGIN times as far below the normal rate as
+        # the floor counted for good, at a minute or longer: a fall the score weighs
+        # fully) does not pull the normal rate down with it: the hour before its
         # lead-in counts too. So a quiet metric's fall, which takes long to page, is
         # not judged against itself after half an hour.
         deep = slice(FALL_SCALE, None)
         settled = _rank_floor(self._floor_before[:, :, deep], self._floor_now[:, deep])
         with np.errstate(invalid="ignore"):
-            falling = np.flatnonzero((self._lead[:, deep].min(axis=0) < settled).any(axis=0))
+            deeper = self._lead[:, deep].min(axis=0) < 1.0 - DEPTH_MARGIN * (1.0 - settled)
+            falling = np.flatnonzero(deeper.any(axis=0))
         if falling.size:
             lead_in = minute - LEAD_MINUTES
             before = span(lead_in - RECENT_MINUTES + 1, lead_in, falling)
