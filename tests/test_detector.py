@@ -439,6 +439,50 @@ def test_the_end_of_a_fade_already_below_the_natural_floor_does_not_page(seed: i
     assert [t.state for t in paged] == ["firing"] and paged[0].at <= start + 1
 
 
+def sliding(rate: float, low: float, minutes: int, seed: int) -> np.ndarray:
+    """Per-second counts at ``rate`` (bursty, cv 0.3) that slide to ``low`` times it over
+    6 minutes every 50 minutes, stay there 3 minutes and climb back over 4."""
+    curve = np.full(minutes * 60, rate)
+    bottom = low * rate
+    dive = np.concatenate(
+        [np.linspace(rate, bottom, 360), np.full(180, bottom), np.linspace(bottom, rate, 240)]
+    )
+    for at in range(40, minutes - 20, 50):
+        curve[at * 60 : at * 60 + len(dive)] = dive
+    return bursty(curve, seed, cv=0.3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_dive_no_deeper_than_the_metrics_own_does_not_page_for_coming_down_faster(
+    seed: int,
+) -> None:
+    """A metric (20/s, bursty) slides on its own to 10 % of its rate every 50 minutes.
+    Its windows of a few seconds, judged against the rate just before them while it
+    slid, never saw it that low; its 4- to 8-minute windows did. Then one dive comes
+    down faster: to 60 % over 5 minutes, then to 10 % within 10 seconds. Those seconds
+    are weighed against how deep the metric goes at the longer scales too: no page
+    (weighed against their own scale's falls alone, 7 of these 8 seeds paged). An
+    outage at the same point pages at once."""
+    minutes, rate = 300, 20.0
+    det = Detector(1, warmup_minutes=minutes)
+    det.update(sliding(rate, 0.1, minutes, seed)[None], T0)
+    start = T0 + minutes * 60
+    outage = copy.deepcopy(det)
+    faster = np.concatenate(
+        [
+            np.linspace(rate, 0.6 * rate, 300),
+            np.linspace(0.6 * rate, 0.1 * rate, 10),
+            np.full(170, 0.1 * rate),
+            np.linspace(0.1 * rate, rate, 240),
+        ]
+    )
+    for j, c in enumerate(bursty(faster, seed + 1000, cv=0.3)):
+        assert det.update(np.array([[c]]), start + j) == []
+
+    paged = outage.update(np.zeros((1, 10)), start)
+    assert [t.state for t in paged] == ["firing"] and paged[0].at <= start + 5
+
+
 def test_nothing_pages_while_warming_up() -> None:
     """An outage before the metric has WARMUP minutes of data is not judged."""
     series = np.concatenate([poisson(50, 20 * 60, seed=16), np.zeros(300)])

@@ -58,7 +58,13 @@ that scale?* — the rate's derivative, in noise units.
   So a minute counts at once, but for good only when 16 minutes old (``LEAD_MINUTES``);
   a page takes back those not yet counted for good. ``r_w`` is weighted by
   ``min(1, (1 - S/E) / (1 - f_w) / 1.3)``: full weight only for a fall 1.3 times as deep
-  as the natural one. Where the window is judged against the rate just before it and
+  as the natural one. Up to 512 s, ``f_w`` is the lowest floor at ``w`` or any longer
+  scale up to 512 s: a metric that slides to 15 % over minutes on its own goes that low
+  within seconds too, though its short windows, judged against the rate just before
+  them while it slid, never saw it (the 17- and 34-minute windows see the daily cycle's
+  half-hour swings and keep their own floor). A silent window keeps its own scale's
+  floor: silence at a scale where the metric never went silent is an outage's
+  signature. Where the window is judged against the rate just before it and
   that rate is already below the natural floor (at the scale of the rate before: a
   decline under way that has gone deeper than the metric goes on its own, without a
   page), the fall is measured against the normal rate instead: ``(E - S) / (B * n)``
@@ -733,12 +739,16 @@ class Detector:
         floor = self.floor[:, :, None]
         silent = (s == 0) & (floor > 0)
         r = np.where(silent, raw, raw / self.tail_scale[:, :, None])
+        # a fall is weighed against the metric's own falls at its scale and the longer
+        # ones (_reach); a silence against those at its own scale
+        reach = _reach(self.floor)
+        weigh = np.where(silent, floor, reach[:, :, None])
         # a decline already deeper than the metric's natural fall: what is left of it
         # counts as a fraction of the normal rate
         normal = self.baseline[None, :, None] * nv
-        norm = np.where(e < self.floor[REF_SCALE, :, None] * normal, normal, e)
+        norm = np.where(e < reach[REF_SCALE, :, None] * normal, normal, e)
         with np.errstate(invalid="ignore", divide="ignore"):
-            depth = (e - s) / norm / (1.0 - floor) / DEPTH_MARGIN
+            depth = (e - s) / norm / (1.0 - weigh) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         r = np.where(silent, r * SILENCE_GAIN[:, None, None], r)
         r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
@@ -1170,6 +1180,22 @@ def _silence_gain() -> np.ndarray:
 
 
 SILENCE_GAIN = _silence_gain()
+
+
+def _reach(floor: np.ndarray) -> np.ndarray:
+    """The natural floor a fall is weighed against, from the floor at each scale
+    (``(scales, metrics)``): at a scale up to 512 s, the lowest of its own and those of
+    the longer ones up to 512 s. A metric that falls to 15 % over 8 minutes on its own
+    goes at least that low within some seconds of them, though its short windows, judged
+    against the rate just before them while it slid, never saw it. The 17- and 34-minute
+    scales keep their own: half-hour windows see the daily cycle's swings, which say
+    nothing about how deep the metric falls within seconds. NaN stays NaN (a scale too
+    short for the metric to learn from)."""
+    k = len(SHORT_SCALES)
+    short = floor[:k]
+    out = floor.copy()
+    out[:k] = np.where(np.isnan(short), np.nan, np.fmin.accumulate(short[::-1], axis=0)[::-1])
+    return out
 
 
 def _tail_scale(tail: np.ndarray) -> np.ndarray:
