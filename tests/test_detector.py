@@ -32,6 +32,7 @@ from cliffwatch.rules.detector import (
     _lowest_of_both,
     _lowest_with,
     _nb_signed_root,
+    _reach,
     _split,
     _three_lowest,
 )
@@ -481,6 +482,17 @@ def test_a_dive_no_deeper_than_the_metrics_own_does_not_page_for_coming_down_fas
 
     paged = outage.update(np.zeros((1, 10)), start)
     assert [t.state for t in paged] == ["firing"] and paged[0].at <= start + 5
+
+
+def test_a_fall_is_weighed_against_the_lowest_floor_at_its_scale_or_a_longer_one() -> None:
+    """Up to 512 s, each scale's floor is the lowest of its own and the longer ones'; the
+    17- and 34-minute floors keep theirs and lower no other; an unlearnt scale stays
+    unlearnt and does not break the chain."""
+    nan = np.nan
+    floor = np.array([nan, 0.6, 0.5, 0.7, 0.4, 0.8, 0.3, nan, 0.5, 0.6, 0.1, 0.2])
+    want = np.array([nan, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, nan, 0.5, 0.6, 0.1, 0.2])
+    assert len(floor) == len(SCALES)
+    np.testing.assert_array_equal(_reach(floor[:, None])[:, 0], want)
 
 
 def test_nothing_pages_while_warming_up() -> None:
