@@ -45,9 +45,12 @@ that scale?* — the rate's derivative, in noise units.
   scale a month holds: a 1-second window is tried 2.6 million times a month, a
   17-minute one about 2,500 times, so one false page a month needs z = 5.4 at 1 s but
   only 4.0 at 17 minutes. ``r_w`` of a silent window is multiplied by ``z_1 / z_w``
-  (1.17 at 64 s to 1.41 at 34 minutes). Partial falls do not get this: real series'
-  tails are too heavy to trust the model that far (tried: on every window it more than
-  doubled the false pages), and a silence under a minute is a blip (a pause, a restart).
+  (1.17 at 64 s to 1.41 at 34 minutes). So is ``r_w`` of a partial fall that gets full
+  weight below, one 1.3 times as deep as the metric has fallen on its own at that
+  scale: like the silence, a fall the metric has not shown. Falls within its own
+  range do not get this: there real series' tails are too heavy to trust the model
+  that far (tried: on every window it more than doubled the false pages). A silence
+  or fall under a minute is a blip (a pause, a restart).
 * A fall must also be deeper than the metric falls on its own: the *natural floor*
   ``f_w`` is the third-lowest per-minute minimum of ``S / E`` over the last three days
   (an incident counts once, as one minute, unless it was silent at some scale, where
@@ -146,7 +149,7 @@ TAIL_P = 0.5 * math.erfc(TAIL_Z / math.sqrt(2.0))  # ... against how often it sa
 TAIL_PRIOR_MINUTES = 60  # the model's own rate counts as this many minutes of history
 TAIL_MEMORY_MINUTES = 3 * DAY_MINUTES
 MONTH_S = 30 * 86400
-SILENCE_MIN_S = 64  # silence shorter than this is a blip: judged like any other fall
+GAIN_MIN_S = 64  # a silence (or fall) shorter than this is a blip: no scale gain
 CLIP_SD = 5.0  # a second's residual counts at most this many sd when learning the noise
 RESOLVE_EVENTS = 30.0
 RESOLVE_MIN_S, RESOLVE_MAX_S = 30, 900
@@ -750,7 +753,9 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = (e - s) / norm / (1.0 - weigh) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
-        r = np.where(silent, r * SILENCE_GAIN[:, None, None], r)
+        # a silence the metric never showed, or a fall weighed fully (beyond its own
+        # falls by the margin), needs only the sd of one false page a month at its scale
+        r = np.where(silent | (depth >= 1.0), r * SCALE_GAIN[:, None, None], r)
         r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
@@ -1170,16 +1175,16 @@ def _normal_quantile_z(p: np.ndarray) -> np.ndarray:
     return z
 
 
-def _silence_gain() -> np.ndarray:
+def _scale_gain() -> np.ndarray:
     """Per scale: the standard deviations a one-second window needs for one false page
     a month over those a window of this scale needs (a month holds fewer of them); 1
-    below SILENCE_MIN_S."""
+    below GAIN_MIN_S."""
     widths = np.asarray(SCALES, float)
     z = _normal_quantile_z(widths / MONTH_S / len(SCALES))
-    return np.where(widths >= SILENCE_MIN_S, z[0] / z, 1.0)
+    return np.where(widths >= GAIN_MIN_S, z[0] / z, 1.0)
 
 
-SILENCE_GAIN = _silence_gain()
+SCALE_GAIN = _scale_gain()
 
 
 def _reach(floor: np.ndarray) -> np.ndarray:
