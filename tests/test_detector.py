@@ -486,9 +486,9 @@ def test_a_dive_no_deeper_than_the_metrics_own_does_not_page_for_coming_down_fas
 
 
 def swinging(rate: float, seconds: int, seed: int, swing: float = 0.4) -> np.ndarray:
-    """Per-second counts of a metric whose level swings on its own, as a tweet series
-    does: every 5 minutes a new level (gamma, coefficient of variation ``swing``, mean
-    ``rate``), the rate in between interpolated; bursty on top (cv 0.2)."""
+    """The per-second rate of a metric whose level swings on its own, as a tweet
+    series' does: every 5 minutes a new level (gamma, coefficient of variation
+    ``swing``, mean ``rate``), the rate in between interpolated."""
     rng = np.random.default_rng(seed + 500)
     k = 1 / swing**2
     knots = rng.gamma(k, 1 / k, seconds // 300 + 2)
@@ -499,11 +499,12 @@ def swinging(rate: float, seconds: int, seed: int, swing: float = 0.4) -> np.nda
 def test_a_fall_deeper_than_the_metrics_own_is_judged_by_how_many_windows_a_month_holds(
     seed: int,
 ) -> None:
-    """A metric at 0.5/s whose level swings by 40 % every 5 minutes falls to 10 % for
-    20 minutes, far deeper than it has fallen on its own. Its noise at the scales that
-    see such a fall (2 to 17 minutes) is wide, so the fall is 4.5 to 5.5 sd deep there;
-    as for a silence, a month holds few windows that long, and it pages within 5 minutes.
-    (Held to the one-second window's 5.5 sd, 2 of these 8 seeds never paged.)"""
+    """A metric at 0.5/s (bursty, cv 0.2) whose level swings by 40 % every 5 minutes
+    falls to 10 % for 20 minutes, far deeper than it has fallen on its own. Its noise at
+    the scales that see such a fall is wide, so the fall is fewer sd deep there than a
+    one-second window needs for one false page a month; as for a silence, a month holds
+    far fewer windows that long, and it pages within 5 minutes. (Held to the one-second
+    window's 5.5 sd, 2 of these 8 seeds never paged.)"""
     warm, fall = 12 * 3600, 1200
     curve = swinging(0.5, warm + fall + 600, seed)
     curve[warm : warm + fall] *= 0.1
