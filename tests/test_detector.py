@@ -347,6 +347,57 @@ def test_surge_that_ends_does_not_page() -> None:
     assert run(series) == []
 
 
+def surge_in_the_evening(seed: int, after: np.ndarray | None = None) -> np.ndarray:
+    """An hour at 50/s, a 20-minute decline to 30/s and 5 minutes there, a 10-minute
+    surge to three times that (90/s), then ``after`` (the rates per second; 30 minutes
+    at 30/s when not given)."""
+    rest = np.full(1800, 30.0) if after is None else after
+    curve = np.concatenate(
+        [np.full(3600, 50.0), np.linspace(50, 30, 1200), np.full(300, 30.0), np.full(600, 90.0), rest]
+    )
+    return bursty(curve, seed)
+
+
+SURGE_ENDS_S = 3600 + 1200 + 300 + 600
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_surge_that_ends_is_judged_against_the_rate_before_it(seed: int) -> None:
+    """A surge at the end of a decline falls back to where the metric ran before it,
+    40 % below its normal rate: that is no drop (the windows right after it, whose rate
+    before is the surge's, were judged against the normal rate and paged on 7 of
+    these 8 seeds)."""
+    assert run(surge_in_the_evening(seed)) == []
+
+
+@pytest.mark.parametrize("after", [0.0, 6.0])
+def test_after_a_surge_an_outage_or_a_deep_drop_still_pages(after: float) -> None:
+    """Judged against the rate before the surge, an outage after it still pages within
+    two seconds, and a fall to a fifth of that rate within a minute."""
+    rates = np.concatenate([np.full(600, after), np.full(1200, 30.0)])
+    out = run(surge_in_the_evening(30, rates))
+    assert [t.state for t in out] == ["firing", "resolved"]
+    assert out[0].at - (T0 + SURGE_ENDS_S) <= (2 if after == 0 else 60)
+
+
+def test_a_snapshot_taken_during_a_surge_remembers_the_rate_before_it() -> None:
+    """Restored from a snapshot taken in the middle of the surge, a detector judges its
+    end as the original does: against the rate before it, so neither pages."""
+    counts = surge_in_the_evening(31)
+    cut = SURGE_ENDS_S - 300
+    a = Detector(1, warmup_minutes=WARMUP)
+    a.update(counts[None, :cut], T0)
+    b = Detector(1, warmup_minutes=WARMUP)
+    b.restore(0, a.snapshot(0))
+    b.prime(counts[None, cut - HISTORY_S : cut], T0 + cut - HISTORY_S)
+    fresh = Detector(1, warmup_minutes=WARMUP)
+    fresh.restore(0, {k: v for k, v in a.snapshot(0).items() if "surge" not in k})
+    fresh.prime(counts[None, cut - HISTORY_S : cut], T0 + cut - HISTORY_S)
+    assert a.update(counts[None, cut:], T0 + cut) == []
+    assert b.update(counts[None, cut:], T0 + cut) == []
+    assert fresh.update(counts[None, cut:], T0 + cut) != []  # what the snapshot carries
+
+
 def test_gap_in_the_data_does_not_page() -> None:
     """Five minutes with no data at all (NaN) are not zero events."""
     h = history(50, seed=10)

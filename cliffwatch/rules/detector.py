@@ -24,6 +24,15 @@ that scale?* — the rate's derivative, in noise units.
   judged against ``L`` when that is significantly (2 sd) below ``B`` — a decline or a
   dip already under way is not a new cliff — and against ``B`` otherwise. Without a
   known ``L`` (right after a gap or an incident) the window is not scored.
+* A surge that ends is judged against where it began. A surge begins with a minute
+  2 sd above ``B``, at twice the rate of the five minutes before (up to the minute
+  before it, which it may have begun in) or more, and as far above ``B`` as that rate
+  was below it (a metric coming back from a dip is no surge). While ``L`` takes in a
+  surge or the minute after it, and the rate before the surge was significantly below
+  ``B`` (the evening), the window is judged against no more than that rate: an
+  evening surge falls back to the evening's rate, not to ``B``. What the metric
+  teaches (noise, tail, floor, below) is learnt as before. A surge half an hour long
+  is a new level (the last hour's median is its own) and its start is forgotten.
 * ``E`` is that rate times ``n``: the count expected if nothing were wrong.
 * The noise at scale ``w`` is learnt from the metric's own history: the variance of ``S``
   around ``E`` is ``E + v_w * E**2`` — Poisson noise plus the metric's burstiness and
@@ -127,6 +136,7 @@ HALF_SCALES = np.asarray(SCALES) / 2.0  # a window is scored with data in half i
 MINUTE_RING = 2 * max(LONG_MINUTES) + 4
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 REF_SCALE = np.searchsorted(SCALES, np.maximum(SCALES, REF_MIN_S))  # ... at this scale
+REF_BACK = np.asarray(SHORT_SCALES) + np.maximum(SHORT_SCALES, REF_MIN_S) - 1
 Z_PAGE = 5.5
 RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
 DAY_MINUTES = 1440
@@ -141,6 +151,10 @@ LEAD_MINUTES = 16  # a fall's minutes count as the metric's nature once this old
 # it paged first: then they are the incident's lead-in
 FALL_SCALE = SHORT_SCALES.index(64)  # falls seen at 64 s or longer hold the normal rate up
 DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
+SURGE_FACTOR = 2.0  # a minute at this many times the normal rate (significantly) is a surge
+SURGE_SCALE = SCALES.index(64)  # ... beyond the metric's own noise at this scale
+SURGE_LEAD_MINUTES = 5  # the rate before a surge: these minutes, up to the one before it
+SURGE_MAX_MINUTES = RECENT_MINUTES // 2  # a surge this long is the recent median's: a new level
 WARMUP_MINUTES = DAY_MINUTES
 NOISE_MEMORY_MINUTES = 360
 PRIOR_EXCESS = 0.05  # burstiness assumed before any history: 22 % extra sd at every scale
@@ -244,6 +258,11 @@ class Detector:
         # _low_now: a page takes them back as its lead-in (by epoch minute)
         self._lead = np.full((LEAD_MINUTES, len(SCALES), m), np.inf, np.float32)
         self.natural_low = np.full(m, np.nan)
+        # the last surge (epoch minutes of its first and last minute) and the rate before
+        # it, where that was significantly below the normal rate (NaN otherwise)
+        self._surge_minute = np.full(m, -np.inf)
+        self._surge_since = np.full(m, -np.inf)
+        self._before_surge = np.full(m, np.nan)
         self.recent = np.full(m, np.nan)  # median rate of the last hour
         self.expected = np.full(m, np.nan)  # yesterday's rate now, scaled to today's level
         self.baseline = np.full(m, np.nan)  # the normal rate: the lower of the two
@@ -725,7 +744,8 @@ class Detector:
 
     def _scores(self, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Score the new seconds of every metric: ``(score, S, n, worst scale, E, local
-        rate, r_w before the tail and the floor weigh it)``; see the module docstring."""
+        rate, r_w before the tail and the floor weigh it)``, E and r_w as learnt from
+        (not lowered after a surge); see the module docstring."""
         widths = np.asarray(SHORT_SCALES)
         refs = np.maximum(widths, REF_MIN_S)
         sums, nvs = self._window_sums(slice(None), pos0, n, np.concatenate([widths, widths + refs]))
@@ -739,6 +759,16 @@ class Detector:
         local, nref = np.concatenate([local, llocal]), np.concatenate([nref, lnref])
         e = self._expected(local, nref) * nv
         raw = _nb_signed_root(s, e, self.excess[:, :, None])
+        # the windows after a surge are judged against the rate before it; what the
+        # metric teaches (noise, tail, floor) is learnt as before (learnt = e, raw)
+        learnt = e, raw
+        after = self._after_surge(pos0, n)
+        if after is not None:
+            rows = np.flatnonzero(after.any(axis=(0, 2)))
+            level = np.fmin(e[:, rows], self._before_surge[None, rows, None] * nv[:, rows])
+            e, raw = e.copy(), raw.copy()
+            e[:, rows] = np.where(after[:, rows], level, e[:, rows])
+            raw[:, rows] = _nb_signed_root(s[:, rows], e[:, rows], self.excess[:, rows, None])
         floor = self.floor[:, :, None]
         silent = (s == 0) & (floor > 0)
         r = np.where(silent, raw, raw / self.tail_scale[:, :, None])
@@ -759,7 +789,7 @@ class Detector:
         r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
         worst = np.argmin(r, axis=0)
         score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
-        return score, s, nv, worst, e, local, raw
+        return score, s, nv, worst, learnt[0], local, learnt[1]
 
     def _expected(self, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
         """The rate each window is judged against: the rate just before it when that is
@@ -772,6 +802,22 @@ class Detector:
             z = (local - base) * nref / np.sqrt(base * nref)
         level = np.where(np.isfinite(base) & ~(z < -2.0), base, local)
         return np.where(np.isfinite(local), level, 0.0)
+
+    def _after_surge(self, pos0: int, n: int) -> np.ndarray | None:
+        """Which windows of the seconds from position ``pos0`` on are compared with a
+        rate before them that takes in a surge or the minute after it (``(scales,
+        metrics, n)``; ``None`` when none are)."""
+        # the position at which the minute after each metric's last surge ends
+        end = self._mstart_pos + 60.0 * (self._surge_minute + 2 - self._minute_now)
+        end = np.where(np.isfinite(self._before_surge), end, -np.inf)
+        q = pos0 + np.arange(n)
+        short = q[None, :] - REF_BACK[:, None]  # where each window's rate before begins
+        long = np.repeat(self._mstart_pos - 120 * np.asarray(LONG_MINUTES)[:, None], n, axis=1)
+        first = np.concatenate([short, long])
+        if not (end > first.min()).any():
+            return None
+        out: np.ndarray = first[:, None, :] < end[None, :, None]
+        return out
 
     def _long_windows(self, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Like the short windows, for LONG_MINUTES: this minute so far plus the last
@@ -856,6 +902,7 @@ class Detector:
             parts = [p[rows] for p in _ring_slices(self._minutes, first, last + 1)]
             return _nanmedian(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
 
+        self._note_surges(minute)
         recent = span(minute - RECENT_MINUTES + 1, minute)
         # a fall under way, not paged, that goes deeper than the metric has gone on its
         # own (its lead-in minutes DEPTH_MARGIN times as far below the normal rate as
@@ -940,6 +987,36 @@ class Detector:
         self.tail_scale = _tail_scale(self.tail)
         self._tail_hits[:] = 0
         self._tail_n[:] = 0
+
+    def _note_surges(self, minute: int) -> None:
+        """Was minute ``minute`` part of a surge? Its first minute is 2 sd above the
+        normal rate (at the metric's noise at SURGE_SCALE), SURGE_FACTOR times the rate
+        before it (the SURGE_LEAD_MINUTES minutes up to the one before it, which the
+        surge may have begun in) and as far above the normal rate as that rate was
+        below it (a metric coming back from a dip is no surge); later minutes are as
+        far above the normal rate within two minutes of the last. At its first minute,
+        remember the rate before it if that was significantly (2 sd) below the normal
+        rate; forget it once the surge has lasted SURGE_MAX_MINUTES, a new level."""
+        base, got = self.baseline, self._minute_sum
+        with np.errstate(invalid="ignore"):
+            expect = base * self._minute_valid
+            sd = np.sqrt(expect + self.excess[SURGE_SCALE] * expect * expect)
+            above = np.flatnonzero((got - expect >= 2.0 * sd) & (expect > 0) & ~self.firing)
+        if not above.size:
+            return
+        going = self._surge_minute[above] >= minute - 2
+        count, valid = self._minute_totals(minute - 1 - SURGE_LEAD_MINUTES, minute - 1)
+        c, v, b = count[above], valid[above], base[above]
+        rate = got[above] / self._minute_valid[above]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            before = np.where(v >= 30 * SURGE_LEAD_MINUTES, c / v, np.nan)
+            new = ~going & (rate >= SURGE_FACTOR * before) & (rate - b >= b - before)
+            low = (before - b) * v < -2.0 * np.sqrt(b * v)
+        self._before_surge[above[new]] = np.where(low[new], before[new], np.nan)
+        self._surge_since[above[new]] = minute
+        old = above[going & (minute - self._surge_since[above] >= SURGE_MAX_MINUTES)]
+        self._before_surge[old] = np.nan
+        self._surge_minute[above[going | new]] = minute
 
     def _next_transitions(
         self,
@@ -1059,6 +1136,9 @@ _LEARNT = (
     "_low_before",
     "natural_low",
     "_lead",
+    "_surge_since",
+    "_surge_minute",
+    "_before_surge",
     "recent",
     "expected",
     "baseline",
@@ -1068,11 +1148,13 @@ _LEARNT = (
 
 
 # parts learnt only since a later version (the tail calibration; the natural low
-# without incidents; the minutes a page may take back): snapshots saved before lack them
+# without incidents; the minutes a page may take back; the last surge): snapshots saved
+# before lack them
 _ADDED_SINCE = (
     frozenset({"_tail_minutes", "tail"}),
     frozenset({"_low_now", "_low_before", "natural_low"}),
     frozenset({"_lead"}),
+    frozenset({"_surge_since", "_surge_minute", "_before_surge"}),
 )
 _ADDED = frozenset().union(*_ADDED_SINCE)
 _EARLIER = tuple(  # earlier packed layouts, oldest first
