@@ -151,8 +151,8 @@ LEAD_MINUTES = 16  # a fall's minutes count as the metric's nature once this old
 # it paged first: then they are the incident's lead-in
 FALL_SCALE = SHORT_SCALES.index(64)  # falls seen at 64 s or longer hold the normal rate up
 DEPTH_MARGIN = 1.3  # a fall must go this much deeper than the natural floor to score fully
-SURGE_FACTOR = 2.0  # a minute at this many times the normal rate (significantly) is a surge
-SURGE_SCALE = SCALES.index(64)  # ... beyond the metric's own noise at this scale
+SURGE_FACTOR = 2.0  # a surge begins at this many times the rate before it, and ...
+SURGE_SCALE = SCALES.index(64)  # ... 2 sd above the normal rate, at the noise of this scale
 SURGE_LEAD_MINUTES = 5  # the rate before a surge: these minutes, up to the one before it
 SURGE_MAX_MINUTES = RECENT_MINUTES // 2  # a surge this long is the recent median's: a new level
 WARMUP_MINUTES = DAY_MINUTES
