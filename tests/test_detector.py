@@ -352,9 +352,8 @@ def surge_in_the_evening(seed: int, after: np.ndarray | None = None) -> np.ndarr
     surge to three times that (90/s), then ``after`` (the rates per second; 30 minutes
     at 30/s when not given)."""
     rest = np.full(1800, 30.0) if after is None else after
-    curve = np.concatenate(
-        [np.full(3600, 50.0), np.linspace(50, 30, 1200), np.full(300, 30.0), np.full(600, 90.0), rest]
-    )
+    day, decline, evening = np.full(3600, 50.0), np.linspace(50, 30, 1200), np.full(300, 30.0)
+    curve = np.concatenate([day, decline, evening, np.full(600, 90.0), rest])
     return bursty(curve, seed)
 
 
