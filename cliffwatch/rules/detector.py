@@ -136,7 +136,7 @@ HALF_SCALES = np.asarray(SCALES) / 2.0  # a window is scored with data in half i
 MINUTE_RING = 2 * max(LONG_MINUTES) + 4
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 REF_SCALE = np.searchsorted(SCALES, np.maximum(SCALES, REF_MIN_S))  # ... at this scale
-REF_BACK = np.asarray(SHORT_SCALES) + np.maximum(SHORT_SCALES, REF_MIN_S) - 1
+REF_SPANS = np.asarray(SHORT_SCALES) + np.maximum(SHORT_SCALES, REF_MIN_S)  # window and rate before
 Z_PAGE = 5.5
 RECENT_MINUTES = 60  # the recent normal: median of this many per-minute rates
 DAY_MINUTES = 1440
@@ -748,7 +748,7 @@ class Detector:
         (not lowered after a surge); see the module docstring."""
         widths = np.asarray(SHORT_SCALES)
         refs = np.maximum(widths, REF_MIN_S)
-        sums, nvs = self._window_sums(slice(None), pos0, n, np.concatenate([widths, widths + refs]))
+        sums, nvs = self._window_sums(slice(None), pos0, n, np.concatenate([widths, REF_SPANS]))
         k = len(widths)
         s, nv = sums[:k], nvs[:k]
         nref = nvs[k:] - nv
@@ -811,7 +811,7 @@ class Detector:
         end = self._mstart_pos + 60.0 * (self._surge_minute + 2 - self._minute_now)
         end = np.where(np.isfinite(self._before_surge), end, -np.inf)
         q = pos0 + np.arange(n)
-        short = q[None, :] - REF_BACK[:, None]  # where each window's rate before begins
+        short = q[None, :] + 1 - REF_SPANS[:, None]  # where each window's rate before begins
         long = np.repeat(self._mstart_pos - 120 * np.asarray(LONG_MINUTES)[:, None], n, axis=1)
         first = np.concatenate([short, long])
         if not (end > first.min()).any():
