@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -22,6 +24,7 @@ from ..rules.config import RuleSet
 from ..rules.detector import Detector
 
 BLOCK_ROWS = 86_400
+_EMPTY_CELL = re.compile(r",(?=[,\r\n]|$)")  # a cell with nothing in it: no data
 
 
 def _open(path: Path) -> IO[str]:
@@ -76,7 +79,7 @@ def _blocks(
     with f:
         while True:
             try:
-                read = [ln for ln in (f.readline() for _ in range(rows)) if ln]
+                read = list(itertools.islice(f, rows))
             except (OSError, EOFError, UnicodeDecodeError) as exc:
                 raise DataError(f"{path}: cannot read after line {line_no}: {exc}") from None
             # blank lines are skipped, but messages name each row's line in the file
@@ -85,44 +88,15 @@ def _blocks(
             line_no += len(read)
             if not lines:
                 return
-            table = (
-                np.array([ln.rstrip("\r\n").split(",") for ln in lines], dtype=object)
-                if len({ln.count(",") for ln in lines}) == 1
-                else None
-            )
-            if table is None or table.shape[1] != width + 1:
-                for k, ln in enumerate(lines):
-                    if ln.count(",") != width:
-                        raise DataError(
-                            f"{path}:{numbers[k]}: expected {width + 1} fields, "
-                            f"got {ln.count(',') + 1}"
-                        )
-            assert table is not None
-            try:
-                ts = table[:, 0].astype(np.int64)
-            except ValueError:
-                bad = _first_bad(table[:, 0], int)
-                raise DataError(
-                    f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
-                    f"second, got {table[bad, 0]!r}"
-                ) from None
-            cells = table[:, 1:]
-            cells[cells == ""] = "nan"
-            try:
-                vals = cells.astype(np.float64)
-            except ValueError:
-                flat = _first_bad(cells.ravel(), float)
-                r, c = divmod(flat, width)
-                raise DataError(
-                    f"{path}:{numbers[r]}: count for {names[c]!r} must be a "
-                    f"number or empty, got {cells[r, c]!r}"
-                ) from None
+            parsed = _parse(lines, width)
+            ts, vals = parsed if parsed else _parse_or_explain(path, lines, numbers, names)
             wrong = ~np.isnan(vals) & ~((vals >= 0) & (vals < np.inf))
             if wrong.any():
-                r, c = (int(v) for v in np.argwhere(wrong)[0])
+                r, c = (int(v) for v in np.argwhere(wrong.T)[0])  # the first line's
+                cell = lines[r].rstrip("\r\n").split(",")[c + 1]
                 raise DataError(
                     f"{path}:{numbers[r]}: count for {names[c]!r} must be "
-                    f"a number >= 0 or empty, got {cells[r, c]!r}"
+                    f"a number >= 0 or empty, got {cell!r}"
                 )
             step = np.diff(ts)
             if expect is not None and ts[0] != expect or (step != 1).any():
@@ -136,7 +110,62 @@ def _blocks(
                     f"got {ts[k]} after {ts[k - 1] if k or expect is None else expect - 1}"
                 )
             expect = int(ts[-1]) + 1
-            yield int(ts[0]), vals.T.copy()
+            yield int(ts[0]), vals
+
+
+def _parse(lines: list[str], width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Timestamps and counts (``(metrics, seconds)``, NaN for no data) of well-formed
+    rows, parsed in C; ``None`` for anything else, which :func:`_parse_or_explain`
+    parses again to say what is wrong and where."""
+    text = _EMPTY_CELL.sub(",nan", "".join(lines))
+    try:
+        table = np.loadtxt(io.StringIO(text), delimiter=",", comments=None, ndmin=2)
+        ts = np.array([ln[: ln.index(",")] for ln in lines]).astype(np.int64)
+    except ValueError:
+        return None
+    if table.shape != (len(lines), width + 1):
+        return None
+    return ts, table[:, 1:].T.copy()
+
+
+def _parse_or_explain(
+    path: Path, lines: list[str], numbers: list[int], names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`_parse`, a cell at a time: raises :class:`DataError` naming the line
+    and the metric of the first malformed row or cell."""
+    width = len(names)
+    table = (
+        np.array([ln.rstrip("\r\n").split(",") for ln in lines], dtype=object)
+        if len({ln.count(",") for ln in lines}) == 1
+        else None
+    )
+    if table is None or table.shape[1] != width + 1:
+        for k, ln in enumerate(lines):
+            if ln.count(",") != width:
+                raise DataError(
+                    f"{path}:{numbers[k]}: expected {width + 1} fields, got {ln.count(',') + 1}"
+                )
+    assert table is not None
+    try:
+        ts = table[:, 0].astype(np.int64)
+    except ValueError:
+        bad = _first_bad(table[:, 0], int)
+        raise DataError(
+            f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
+            f"second, got {table[bad, 0]!r}"
+        ) from None
+    cells = table[:, 1:]
+    cells[cells == ""] = "nan"
+    try:
+        vals = cells.astype(np.float64)
+    except ValueError:
+        flat = _first_bad(cells.ravel(), float)
+        r, c = divmod(flat, width)
+        raise DataError(
+            f"{path}:{numbers[r]}: count for {names[c]!r} must be a "
+            f"number or empty, got {cells[r, c]!r}"
+        ) from None
+    return ts, vals.T.copy()
 
 
 def _first_bad(values: np.ndarray, kind: type) -> int:

@@ -143,6 +143,8 @@ DAY_MINUTES = 1440
 PROFILE_DAYS = 3  # the daily cycle: the same time of day on each of the last 3 days
 PROFILE_HALF_WIDTH = 5  # a day's rate at a minute: median of the 11 minutes around it
 RING_MINUTES = PROFILE_DAYS * DAY_MINUTES + RECENT_MINUTES + PROFILE_HALF_WIDTH + 2
+_HOUR_BEFORE = np.arange(1 - RECENT_MINUTES, 1)  # a day's last hour, up to a minute
+_AROUND = np.arange(1 - PROFILE_HALF_WIDTH, 2 + PROFILE_HALF_WIDTH)  # 11 minutes around the next
 FLOOR_MIN_EVENTS = 20.0  # natural falls are learnt where a window expects this many events
 FLOOR_HALF_DAY = 720
 FLOOR_HALF_DAYS = 6  # the natural floor remembers the last 2.5 to 3 days, in half-days
@@ -254,6 +256,9 @@ class Detector:
         # left out): the level at which an incident is over (_back_to)
         self._low_now = np.full((FLOOR_RANK, m), np.inf)
         self._low_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, m), np.inf)
+        # the three lowest of the earlier half-days, kept at hand (see _past_lowest)
+        self._floor_past = functools.reduce(_lowest_of_both, self._floor_before)
+        self._low_past = functools.reduce(_lowest_of_both, self._low_before)
         # the last LEAD_MINUTES minutes' lowest ratios, not yet counted in _floor_now and
         # _low_now: a page takes them back as its lead-in (by epoch minute)
         self._lead = np.full((LEAD_MINUTES, len(SCALES), m), np.inf, np.float32)
@@ -394,6 +399,7 @@ class Detector:
         if "natural_low" not in state:  # saved before it was learnt: as _low_from_floor
             for low, floor in _LOW_OF_FLOOR:
                 getattr(self, low)[..., i] = getattr(self, floor)[..., RESOLVE_FLOOR_SCALE, i]
+        self._past_lowest(i)
         if self.firing[i]:  # windows must not reach back into the open incident
             self._fire_pos[i] = self._pos
 
@@ -495,6 +501,7 @@ class Detector:
                 target = getattr(self, name)
                 target[..., idx] = np.moveaxis(part.reshape(len(idx), *shape), 0, -1)
         self.tail_scale[:, idx] = _tail_scale(self.tail[:, idx])
+        self._past_lowest(idx)
         firing = idx[self.firing[idx]]
         self._fire_pos[firing] = self._pos  # windows must not reach back into the incident
 
@@ -692,6 +699,16 @@ class Detector:
         with np.errstate(invalid="ignore", divide="ignore"):
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
+
+    def _past_lowest(self, rows: int | np.ndarray | slice = slice(None)) -> None:
+        """The three lowest of the earlier half-days' floors and lows, of the metrics
+        at ``rows``: they change only when a half-day ends (or a metric is restored),
+        so the floor each minute merges only the current half-day's with them."""
+        for past, before in (
+            (self._floor_past, self._floor_before),
+            (self._low_past, self._low_before),
+        ):
+            past[..., rows] = functools.reduce(_lowest_of_both, before[..., rows])
 
     def _store(self, counts: np.ndarray, valid: np.ndarray, rows: slice = slice(None)) -> None:
         """Add the running sums of ``counts`` (no data as 0) and of ``valid`` for the
@@ -911,7 +928,7 @@ class Detector:
         # lead-in counts too. So a quiet metric's fall, which takes long to page, is
         # not judged against itself after half an hour.
         deep = slice(FALL_SCALE, None)
-        settled = _rank_floor(self._floor_before[:, :, deep], self._floor_now[:, deep])
+        settled = _rank_floor(self._floor_past[:, deep], self._floor_now[:, deep])
         with np.errstate(invalid="ignore"):
             deeper = self._lead[:, deep].min(axis=0) < 1.0 - DEPTH_MARGIN * (1.0 - settled)
             falling = np.flatnonzero(deeper.any(axis=0))
@@ -919,14 +936,14 @@ class Detector:
             lead_in = minute - LEAD_MINUTES
             before = span(lead_in - RECENT_MINUTES + 1, lead_in, falling)
             recent[falling] = np.fmax(recent[falling], before)
-        guesses = []
-        for day in range(1, PROFILE_DAYS + 1):
-            back = minute - day * DAY_MINUTES
-            then = span(back - RECENT_MINUTES + 1, back)
-            profile = span(back + 1 - PROFILE_HALF_WIDTH, back + 1 + PROFILE_HALF_WIDTH)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                guesses.append(np.where(then > 0, profile * recent / then, np.nan))
-        expected = _nanmedian(np.stack(guesses, axis=1))
+        # the daily cycle: each of the last days' rate around this time of day, scaled
+        # by how today's last hour compares with that day's hour before it
+        back = minute - DAY_MINUTES * np.arange(1, PROFILE_DAYS + 1)[:, None]
+        then = _nanmedian(self._minutes.take((back + _HOUR_BEFORE) % r, axis=1))
+        profile = _nanmedian(self._minutes.take((back + _AROUND) % r, axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            guesses = np.where(then > 0, profile * recent[:, None] / then, np.nan)
+        expected = _nanmedian(guesses)
         self.recent, self.expected = recent, expected
         self.baseline = np.where(np.isfinite(expected), np.fmin(recent, expected), recent)
         # an incident that has lasted long is a new level: let it lower the frozen rate
@@ -944,14 +961,15 @@ class Detector:
         self._lead[slot] = self._minute_floor
         self._minute_floor[:] = np.inf
         lead = _three_lowest(self._lead)
-        self.floor = _rank_floor(self._floor_before, _lowest_of_both(self._floor_now, lead))
+        self.floor = _rank_floor(self._floor_past, _lowest_of_both(self._floor_now, lead))
         self.natural_low = _rank_floor(
-            self._low_before, _lowest_of_both(self._low_now, lead[:, RESOLVE_FLOOR_SCALE])
+            self._low_past, _lowest_of_both(self._low_now, lead[:, RESOLVE_FLOOR_SCALE])
         )
         if minute % FLOOR_HALF_DAY == 0:
             before, now = self._floor_before, self._floor_now
             self._floor_before, self._floor_now = _next_half_day(before, now)
             self._low_before, self._low_now = _next_half_day(self._low_before, self._low_now)
+            self._past_lowest()
 
         got = self._noise_n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1335,10 +1353,10 @@ def _three_lowest(values: np.ndarray) -> np.ndarray:
     return np.stack([low0, low1, low2])
 
 
-def _rank_floor(before: np.ndarray, now: np.ndarray) -> np.ndarray:
-    """The FLOOR_RANK-th lowest ratio of the earlier half-days ``before`` and this one
-    (``now``: each its lowest, sorted), within 0..1; NaN where there is none yet."""
-    low = functools.reduce(_lowest_of_both, before, now)[-1]
+def _rank_floor(past: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """The FLOOR_RANK-th lowest ratio of the earlier half-days (``past``) and this one
+    (``now``: each their lowest, sorted), within 0..1; NaN where there is none yet."""
+    low = _lowest_of_both(past, now)[-1]
     return np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
 
 
@@ -1358,13 +1376,13 @@ def _ring_slices(ring: np.ndarray, first: int, end: int) -> list[np.ndarray]:
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
-    """Row medians ignoring NaN; NaN for a row with no values."""
-    srt = np.sort(a, axis=1)  # NaN sorts last
-    count = np.sum(~np.isnan(a), axis=1)
-    lo = np.maximum((count - 1) // 2, 0)[:, None]
-    hi = np.maximum(count // 2, 0)[:, None]
-    mid = (np.take_along_axis(srt, lo, axis=1) + np.take_along_axis(srt, hi, axis=1))[:, 0] / 2
-    return np.where(count > 0, mid, np.nan).astype(float)
+    """Medians along the last axis ignoring NaN; NaN where there are no values."""
+    srt = np.sort(a, axis=-1)  # NaN sorts last
+    count = np.sum(~np.isnan(a), axis=-1)[..., None]
+    lo = np.maximum((count - 1) // 2, 0)
+    hi = np.maximum(count // 2, 0)
+    mid = (np.take_along_axis(srt, lo, axis=-1) + np.take_along_axis(srt, hi, axis=-1)) / 2
+    return np.where(count > 0, mid, np.nan)[..., 0].astype(float)
 
 
 def _nb_signed_root(s: np.ndarray, e: np.ndarray, excess: np.ndarray | float) -> np.ndarray:
