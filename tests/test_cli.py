@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from cliffwatch.alerting.backtest import read_blocks
 from cliffwatch.alerting.cli import main
 from cliffwatch.metrics.store import Store
 
@@ -241,7 +242,26 @@ BAD_COUNTS = {
     "after-blank-lines": ("timestamp,orders.created\n\n1800000000,5\n\n1800000001,x\n", 5,
                           "must be a number or empty"),
     "bad-metric-name": ("timestamp,Orders\n1800000000,5\n", 1, "invalid event name"),
+    "timestamp-too-large": ("timestamp,orders.created\n1800000000,5\n"
+                            "99999999999999999999999,6\n", 3, "timestamp must be an integer"),
+    "infinite-count": ("timestamp,orders.created\n1800000000,5\n1800000001,1e400\n", 3,
+                       "must be a number >= 0"),
+    "comment-line": ("timestamp,orders.created\n1800000000,5\n# paused\n", 3,
+                     "expected 2 fields, got 1"),
+    "first-bad-line-of-any-metric": ("timestamp,a.b,c.d\n1800000000,5,5\n1800000001,5,-1\n"
+                                     "1800000002,-2,5\n", 3, "count for 'c.d' must be"),
 }
+
+
+def test_backtest_reads_empty_cells_as_no_data(tmp_path: Path) -> None:
+    """Empty cells, in the middle of a row or at its end, and a last line without a
+    newline, are no data (NaN); the rest are the counts as written."""
+    path = tmp_path / "counts.csv"
+    path.write_text("timestamp,a.b,c.d\n1800000000,,2\n1800000001,3,\r\n1800000002,1.5,")
+    names, blocks = read_blocks(path)
+    [(start, counts)] = list(blocks)
+    assert names == ["a.b", "c.d"] and start == 1800000000
+    np.testing.assert_array_equal(counts, [[np.nan, 3.0, 1.5], [2.0, np.nan, np.nan]])
 
 
 @pytest.mark.parametrize("case", sorted(BAD_COUNTS))

@@ -121,7 +121,7 @@ def _parse(lines: list[str], width: int) -> tuple[np.ndarray, np.ndarray] | None
     try:
         table = np.loadtxt(io.StringIO(text), delimiter=",", comments=None, ndmin=2)
         ts = np.array([ln[: ln.index(",")] for ln in lines]).astype(np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if table.shape != (len(lines), width + 1):
         return None
@@ -148,8 +148,8 @@ def _parse_or_explain(
     assert table is not None
     try:
         ts = table[:, 0].astype(np.int64)
-    except ValueError:
-        bad = _first_bad(table[:, 0], int)
+    except (ValueError, OverflowError):
+        bad = _first_bad(table[:, 0], np.int64)
         raise DataError(
             f"{path}:{numbers[bad]}: timestamp must be an integer epoch "
             f"second, got {table[bad, 0]!r}"
@@ -172,7 +172,7 @@ def _first_bad(values: np.ndarray, kind: type) -> int:
     for k, v in enumerate(values):
         try:
             kind(v)
-        except ValueError:
+        except (ValueError, OverflowError):
             return k
     return 0
 
