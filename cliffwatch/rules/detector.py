@@ -399,7 +399,7 @@ class Detector:
         if "natural_low" not in state:  # saved before it was learnt: as _low_from_floor
             for low, floor in _LOW_OF_FLOOR:
                 getattr(self, low)[..., i] = getattr(self, floor)[..., RESOLVE_FLOOR_SCALE, i]
-        self._past_lowest(i)
+        self._past_lowest([i])
         if self.firing[i]:  # windows must not reach back into the open incident
             self._fire_pos[i] = self._pos
 
@@ -700,7 +700,7 @@ class Detector:
             self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
 
-    def _past_lowest(self, rows: int | np.ndarray | slice = slice(None)) -> None:
+    def _past_lowest(self, rows: list[int] | np.ndarray | slice = slice(None)) -> None:
         """The three lowest of the earlier half-days' floors and lows, of the metrics
         at ``rows``: they change only when a half-day ends (or a metric is restored),
         so the floor each minute merges only the current half-day's with them."""
@@ -805,7 +805,7 @@ class Detector:
         r = np.where(silent | (depth >= 1.0), r * SCALE_GAIN[:, None, None], r)
         r = np.where(nv >= HALF_SCALES[:, None, None], r, 0.0)  # half its seconds, or no say
         worst = np.argmin(r, axis=0)
-        score = 3.0 * np.take_along_axis(r, worst[None], axis=0)[0] / Z_PAGE
+        score = 3.0 * r.min(axis=0) / Z_PAGE
         return score, s, nv, worst, learnt[0], local, learnt[1]
 
     def _expected(self, local: np.ndarray, nref: np.ndarray) -> np.ndarray:
@@ -1328,13 +1328,11 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     of ``max(a[i-1], b[k-i-1])`` over ``i``."""
     a0, a1, a2 = a
     b0, b1, b2 = b
-    return np.stack(
-        [
-            np.fmin(a0, b0),
-            np.fmin(np.fmin(a1, b1), np.maximum(a0, b0)),
-            np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0))),
-        ]
-    )
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
+    np.fmin(a0, b0, out=out[0, ...])
+    np.fmin(np.fmin(a1, b1), np.maximum(a0, b0), out=out[1, ...])
+    np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0)), out=out[2, ...])
+    return out
 
 
 def _three_lowest(values: np.ndarray) -> np.ndarray:
@@ -1377,12 +1375,13 @@ def _ring_slices(ring: np.ndarray, first: int, end: int) -> list[np.ndarray]:
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
     """Medians along the last axis ignoring NaN; NaN where there are no values."""
-    srt = np.sort(a, axis=-1)  # NaN sorts last
-    count = np.sum(~np.isnan(a), axis=-1)[..., None]
-    lo = np.maximum((count - 1) // 2, 0)
-    hi = np.maximum(count // 2, 0)
-    mid = (np.take_along_axis(srt, lo, axis=-1) + np.take_along_axis(srt, hi, axis=-1)) / 2
-    return np.where(count > 0, mid, np.nan)[..., 0].astype(float)
+    rows = a.reshape(-1, a.shape[-1])
+    srt = np.sort(rows, axis=1)  # NaN sorts last
+    count = np.sum(~np.isnan(rows), axis=1)
+    at = np.arange(len(rows))
+    mid = (srt[at, np.maximum((count - 1) // 2, 0)] + srt[at, count // 2]) / 2
+    out: np.ndarray = np.where(count > 0, mid, np.nan).astype(float)
+    return out.reshape(a.shape[:-1])
 
 
 def _nb_signed_root(s: np.ndarray, e: np.ndarray, excess: np.ndarray | float) -> np.ndarray:
