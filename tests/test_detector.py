@@ -619,6 +619,31 @@ def test_snapshot_restore_and_prime_continue_exactly() -> None:
     assert [t.state for t in ta] == ["firing", "resolved"]
 
 
+def test_a_rebuilt_detector_keeps_the_floor_learnt_in_earlier_half_days() -> None:
+    """The natural floor remembers the metric's falls of earlier half-days: a detector
+    rebuilt from a snapshot (restore) or from packed rows (unpack) learns the same floor
+    in the minutes after as the original does."""
+    minutes = 15 * 60  # T0 is 107 minutes before a half-day ends: two end within this
+    h = history(30, minutes=minutes, seed=41)
+    h[60 * 60 : 66 * 60] *= 0.25  # a natural dip (never paged: not warm) in the first
+    cut = len(h)
+    after = poisson(30, 180, seed=42)
+    a, b, c = (Detector(1, warmup_minutes=24 * 60) for _ in range(3))
+    a.update(h[None, :], T0)
+    b.restore(0, a.snapshot(0))
+    c.unpack([0], a.pack([0]))
+    for d in (b, c):
+        d.prime(h[None, cut - HISTORY_S :], T0 + cut - HISTORY_S)
+    for d in (a, b, c):
+        d.update(after[None, :], T0 + cut)
+    at_512 = SCALES.index(512)
+    assert a.floor[at_512, 0] < 0.5  # the dip, two half-days back, sets it
+    np.testing.assert_array_equal(b.floor, a.floor)
+    np.testing.assert_array_equal(c.floor, a.floor)
+    np.testing.assert_array_equal(b.natural_low, a.natural_low)
+    np.testing.assert_array_equal(c.natural_low, a.natural_low)
+
+
 def test_metrics_taken_on_and_handed_over_go_on_exactly_as_in_one_detector() -> None:
     """A worker takes metrics on by appending a detector lined up with its own
     (:meth:`Detector.extend`, in place, into spare rows or, when they run out, a larger
