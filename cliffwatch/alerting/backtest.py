@@ -120,6 +120,7 @@ def _parse(lines: list[str], width: int) -> tuple[np.ndarray, np.ndarray] | None
     text = _EMPTY_CELL.sub(",nan", "".join(lines))
     try:
         table = np.loadtxt(io.StringIO(text), delimiter=",", comments=None, ndmin=2)
+        # the timestamps again, as integers: as floats, 1e9 or 1.0 would pass
         ts = np.array([ln[: ln.index(",")] for ln in lines]).astype(np.int64)
     except (ValueError, OverflowError):
         return None

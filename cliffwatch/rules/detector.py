@@ -257,8 +257,8 @@ class Detector:
         self._low_now = np.full((FLOOR_RANK, m), np.inf)
         self._low_before = np.full((FLOOR_HALF_DAYS - 1, FLOOR_RANK, m), np.inf)
         # the three lowest of the earlier half-days, kept at hand (see _past_lowest)
-        self._floor_past = functools.reduce(_lowest_of_both, self._floor_before)
-        self._low_past = functools.reduce(_lowest_of_both, self._low_before)
+        self._floor_past = np.full((FLOOR_RANK, len(SCALES), m), np.inf)
+        self._low_past = np.full((FLOOR_RANK, m), np.inf)
         # the last LEAD_MINUTES minutes' lowest ratios, not yet counted in _floor_now and
         # _low_now: a page takes them back as its lead-in (by epoch minute)
         self._lead = np.full((LEAD_MINUTES, len(SCALES), m), np.inf, np.float32)
