@@ -227,6 +227,46 @@ def test_backtest_prints_one_json_line_per_transition(in_tmp: Path) -> None:
     assert 18 < firing["baseline"] < 22
 
 
+def outages_file(path: Path, hours: float, outages: list[tuple[int, float]],
+                 bad_line_at: float | None = None) -> int:
+    """Write a counts file of ``hours`` of steady traffic of metrics ``m0.count``,
+    ``m1.count``, ... (rates 5, 20, 60, ... events/s), each listed metric with a
+    five-minute outage from the given hour on, and optionally a malformed line at an
+    hour; return the first second."""
+    rng = np.random.default_rng(7)
+    start, n = 1_800_000_000, int(hours * 3600)
+    rates = [5.0, 20.0, 60.0, 12.0, 35.0][: max(k for k, _ in outages) + 1]
+    counts = rng.poisson(rates, (n, len(rates)))
+    for k, hour in outages:
+        at = int(hour * 3600)
+        counts[at : at + 300, k] = 0
+    rows = [f"{start + j}," + ",".join(map(str, row)) for j, row in enumerate(counts.tolist())]
+    if bad_line_at is not None:
+        j = int(bad_line_at * 3600)
+        rows[j] = f"{start + j}," + ",".join(["x"] * len(rates))
+    header = "timestamp," + ",".join(f"m{k}.count" for k in range(len(rates)))
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return start
+
+
+def test_backtest_prints_the_alerts_before_a_malformed_line_in_a_later_block(
+    in_tmp: Path,
+) -> None:
+    """A malformed line two days in (in the file's third block of rows) still lets the
+    outages on the second day be told first; then the line is named, exit 1."""
+    start = outages_file(in_tmp / "counts.csv", 49, [(0, 24.5), (1, 25.0)], bad_line_at=48.5)
+    result = cli("backtest", "counts.csv")
+    assert result.exit_code == 1
+    alerts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["metric"], a["state"]) for a in alerts] == [
+        ("m0.count", "firing"), ("m0.count", "resolved"),
+        ("m1.count", "firing"), ("m1.count", "resolved"),
+    ]
+    assert start + int(24.5 * 3600) <= alerts[0]["at"] <= start + int(24.5 * 3600) + 10
+    one_error_line(result.stderr)
+    assert f"counts.csv:{int(48.5 * 3600) + 2}: " in result.stderr
+
+
 BAD_COUNTS = {
     "bad-header": ("time,orders.created\n1800000000,5\n", 1, "header must be"),
     "non-integer-timestamp": ("timestamp,orders.created\n1800000000,5\n18000000x1,6\n", 3,
