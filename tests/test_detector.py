@@ -27,11 +27,13 @@ from cliffwatch.rules.detector import (
     RING_MINUTES,
     SCALES,
     SHORT_SCALES,
+    SORT_MAX_COLUMNS,
     TAIL_P,
     Detector,
     _lowest_of_both,
     _lowest_with,
     _nb_signed_root,
+    _rank_floor,
     _reach,
     _split,
     _three_lowest,
@@ -875,6 +877,9 @@ def test_the_natural_floor_selects_the_three_lowest_as_a_sort_would(
     every = np.sort(np.concatenate([now, low[1:].ravel()]))
     third = functools.reduce(_lowest_of_both, low[1:], now)[-1]
     np.testing.assert_array_equal(third, every[2])
+    past = functools.reduce(_lowest_of_both, low[1:], np.full(3, np.inf))
+    floor = _rank_floor(past, now)  # the third lowest, within 0..1 (NaN: none yet)
+    np.testing.assert_array_equal(floor, every[2] if np.isfinite(every[2]) else np.nan)
 
 
 @given(st.lists(st.lists(st.sampled_from([0.0, 0.05, 0.2, 0.7, 1.0, math.inf]),
@@ -888,6 +893,11 @@ def test_the_minutes_a_page_may_take_back_give_their_three_lowest_as_a_sort_woul
     values = np.asarray(minutes, np.float32)
     expected = np.sort(np.concatenate([values, np.full((2, 2), np.inf, np.float32)]), axis=0)
     np.testing.assert_array_equal(_three_lowest(values), expected[:3])
+    # as many metrics as a worker's: chosen by inserting the minutes in turn
+    many = np.repeat(values[:, :, None], SORT_MAX_COLUMNS, axis=2)
+    np.testing.assert_array_equal(
+        _three_lowest(many), np.repeat(expected[:3, :, None], SORT_MAX_COLUMNS, axis=2)
+    )
 
 
 def test_minute_rates_are_the_last_minutes_oldest_first() -> None:

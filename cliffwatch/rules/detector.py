@@ -123,6 +123,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ LONG_MINUTES = (17, 34)  # about 1024 s and 2048 s, from per-minute totals (quie
 SCALES = SHORT_SCALES + tuple(60 * k for k in LONG_MINUTES)
 HALF_SCALES = np.asarray(SCALES) / 2.0  # a window is scored with data in half its seconds
 MINUTE_RING = 2 * max(LONG_MINUTES) + 4
+_EDGES = (0, *sorted({m * k for k in LONG_MINUTES for m in (1, 2)}))  # minutes back: 0 17 34 68
+_EDGE_AT = np.array([[_EDGES.index(k) - 1, _EDGES.index(2 * k) - 1] for k in LONG_MINUTES])
 REF_MIN_S = 60  # a window is compared with the max(w, 60) seconds just before it
 REF_SCALE = np.searchsorted(SCALES, np.maximum(SCALES, REF_MIN_S))  # ... at this scale
 REF_SPANS = np.asarray(SHORT_SCALES) + np.maximum(SHORT_SCALES, REF_MIN_S)  # window and rate before
@@ -145,6 +148,9 @@ PROFILE_HALF_WIDTH = 5  # a day's rate at a minute: median of the 11 minutes aro
 RING_MINUTES = PROFILE_DAYS * DAY_MINUTES + RECENT_MINUTES + PROFILE_HALF_WIDTH + 2
 _HOUR_BEFORE = np.arange(1 - RECENT_MINUTES, 1)  # a day's last hour, up to a minute
 _AROUND = np.arange(1 - PROFILE_HALF_WIDTH, 2 + PROFILE_HALF_WIDTH)  # 11 minutes around the next
+_DAYS_BACK = DAY_MINUTES * np.arange(PROFILE_DAYS + 1)[:, None]  # today, then the earlier days
+_HOURS_AT = _HOUR_BEFORE - _DAYS_BACK  # today's last hour and each earlier day's up to now
+_PROFILE_AT = _AROUND - _DAYS_BACK[1:]  # the minutes around the next one on earlier days
 FLOOR_MIN_EVENTS = 20.0  # natural falls are learnt where a window expects this many events
 FLOOR_HALF_DAY = 720
 FLOOR_HALF_DAYS = 6  # the natural floor remembers the last 2.5 to 3 days, in half-days
@@ -174,6 +180,7 @@ RESOLVE_FLOOR_SCALE = len(SHORT_SCALES) - 1  # the natural floor at 512 s bounds
 RELEARN_MINUTES = 60  # an incident this old teaches the normal rate again (a new level)
 HISTORY_S = max(2 * max(SHORT_SCALES), REF_MIN_S + max(SHORT_SCALES), RESOLVE_MAX_S) + 64
 RECENT_S = HISTORY_S - 1  # seconds of counts the ring of running sums can give back
+SORT_MAX_COLUMNS = 256  # _three_lowest sorts up to this many columns, inserts beyond
 LEND_S = 59  # seconds fed after Detector.pack_later at a whole minute, before the next closes
 
 
@@ -649,12 +656,15 @@ class Detector:
         out: list[Transition] = []
         assert self.next_second is not None
         j, total = 0, counts.shape[1]
-        while j < total:
-            take = min(60 - self.next_second % 60, total - j)
-            out += self._chunk(counts[:, j : j + take], judge)
-            j += take
-            if self.next_second % 60 == 0:
-                self._close_minute(self.next_second // 60 - 1)
+        # the math below divides by what may be 0 and compares NaN (no data, no rate
+        # yet) on purpose, and where() keeps only the well-defined results: quietly
+        with np.errstate(invalid="ignore", divide="ignore"):
+            while j < total:
+                take = min(60 - self.next_second % 60, total - j)
+                out += self._chunk(counts[:, j : j + take], judge)
+                j += take
+                if self.next_second % 60 == 0:
+                    self._close_minute(self.next_second // 60 - 1)
         return out
 
     def _chunk(self, x: np.ndarray, judge: bool = True) -> list[Transition]:
@@ -696,8 +706,7 @@ class Detector:
             j += k + 1
         self.score = score[:, -1]
         last_k = worst[:, -1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
+        self.rate = s[last_k, rows, -1] / nv[last_k, rows, -1]
         return out
 
     def _past_lowest(self, rows: list[int] | np.ndarray | slice = slice(None)) -> None:
@@ -744,14 +753,17 @@ class Detector:
         ends = pos0 + np.arange(n)
         ei = ends % HISTORY_S
         begins = np.maximum(ends[None, :] - widths[:, None], -1)  # -1: before the first
+        first = max(pos0 - int(widths.max()), -1)  # the earliest of begins
         clear = self._clear_pos[rows]
-        late = np.flatnonzero(clear - 1 > begins.min())  # a window starts in an incident
+        late = np.flatnonzero(clear - 1 > first)  # a window starts in an incident
         out = []
         # a slice of the rows is a view: whole columns are taken for every metric at
         # once, then the few metrics whose last incident cuts into a window again
         for ring in (self._csum[rows], self._cvalid[rows]):
             cols = np.take(ring, (begins % HISTORY_S).ravel(), axis=1).reshape(-1, *begins.shape)
-            at_begin = np.where(begins >= 0, cols, 0.0).transpose(1, 0, 2)  # (widths, rows, n)
+            if first < 0:  # windows that begin before the first second fed
+                cols = np.where(begins >= 0, cols, 0.0)
+            at_begin = cols.transpose(1, 0, 2)  # (widths, rows, n)
             if late.size:
                 cut = np.maximum(begins[:, None, :], clear[late][None, :, None] - 1)
                 cells = ring[late[None, :, None], cut % HISTORY_S]
@@ -769,11 +781,10 @@ class Detector:
         k = len(widths)
         s, nv = sums[:k], nvs[:k]
         nref = nvs[k:] - nv
-        with np.errstate(invalid="ignore", divide="ignore"):
-            local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
+        local = np.where(nref >= refs[:, None, None] / 2, (sums[k:] - s) / nref, np.nan)
         ls, lnv, llocal, lnref = self._long_windows(pos0, n)
         s, nv = np.concatenate([s, ls]), np.concatenate([nv, lnv])
-        local, nref = np.concatenate([local, llocal]), np.concatenate([nref, lnref])
+        local, nref = _joined(local, llocal), _joined(nref, lnref)
         e = self._expected(local, nref) * nv
         raw = _nb_signed_root(s, e, self.excess[:, :, None])
         # the windows after a surge are judged against the rate before it; what the
@@ -781,11 +792,11 @@ class Detector:
         learnt = e, raw
         after = self._after_surge(pos0, n)
         if after is not None:
-            rows = np.flatnonzero(after.any(axis=(0, 2)))
-            level = np.fmin(e[:, rows], self._before_surge[None, rows, None] * nv[:, rows])
+            at = np.nonzero(after.any(axis=2))  # (scale, metric) pairs: mostly the long scales
+            level = np.fmin(e[at], self._before_surge[at[1], None] * nv[at])
             e, raw = e.copy(), raw.copy()
-            e[:, rows] = np.where(after[:, rows], level, e[:, rows])
-            raw[:, rows] = _nb_signed_root(s[:, rows], e[:, rows], self.excess[:, rows, None])
+            e[at] = np.where(after[at], level, e[at])
+            raw[at] = _nb_signed_root(s[at], e[at], self.excess[at][:, None])
         floor = self.floor[:, :, None]
         silent = (s == 0) & (floor > 0)
         r = np.where(silent, raw, raw / self.tail_scale[:, :, None])
@@ -797,8 +808,7 @@ class Detector:
         # counts as a fraction of the normal rate
         normal = self.baseline[None, :, None] * nv
         norm = np.where(e < reach[REF_SCALE, :, None] * normal, normal, e)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            depth = (e - s) / norm / (1.0 - weigh) / DEPTH_MARGIN
+        depth = (e - s) / norm / (1.0 - weigh) / DEPTH_MARGIN
         r = r * np.where(np.isfinite(depth), np.clip(depth, 0.0, 1.0), 1.0)
         # a silence the metric never showed, or a fall weighed fully (beyond its own
         # falls by the margin), needs only the sd of one false page a month at its scale
@@ -815,8 +825,7 @@ class Detector:
         two for a quiet metric. 0 (no score) when the rate before is unknown: after a
         gap, or right after an incident."""
         base = self.baseline[None, :, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = (local - base) * nref / np.sqrt(base * nref)
+        z = (local - base) * nref / np.sqrt(base * nref)
         level = np.where(np.isfinite(base) & ~(z < -2.0), base, local)
         return np.where(np.isfinite(local), level, 0.0)
 
@@ -838,7 +847,8 @@ class Detector:
 
     def _long_windows(self, pos0: int, n: int) -> tuple[np.ndarray, ...]:
         """Like the short windows, for LONG_MINUTES: this minute so far plus the last
-        ``k`` whole minutes, against the ``k`` whole minutes before them."""
+        ``k`` whole minutes, against the ``k`` whole minutes before them (their rate and
+        seconds with data: one per metric, ``(len(LONG_MINUTES), metrics, 1)``)."""
         ms = self._mstart_pos
         c, v = self._csum, self._cvalid
         ei = (pos0 + np.arange(n)) % HISTORY_S
@@ -846,21 +856,29 @@ class Detector:
         before = (ms - 1) % HISTORY_S
         part_c = c[:, ei] - (c[:, before, None] if have else 0.0)
         part_v = v[:, ei] - (v[:, before, None] if have else 0.0)
-        minute = self._minute_now
-        out_s, out_v, out_l, out_r = [], [], [], []
-        clear = self._clear_pos
-        for k in LONG_MINUTES:
-            win_c, win_v = self._minute_totals(minute - k, minute)
-            ref_c, ref_v = self._minute_totals(minute - 2 * k, minute - k)
-            ok = (ms - 60 * k >= clear) & (ms - 60 * k >= 0)
-            ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
-            out_s.append(np.where(ok[:, None], win_c[:, None] + part_c, 0.0))
-            out_v.append(np.where(ok[:, None], win_v[:, None] + part_v, 0.0))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                loc = np.where(ref_ok, ref_c / ref_v, np.nan)
-            out_l.append(np.repeat(loc[:, None], n, axis=1))
-            out_r.append(np.repeat(ref_v[:, None], n, axis=1))
-        return np.stack(out_s), np.stack(out_v), np.stack(out_l), np.stack(out_r)
+        win_c, win_v, ref_c, ref_v = self._long_totals(self._minute_now)
+        k = np.asarray(LONG_MINUTES)[:, None]
+        clear = self._clear_pos[None, :]
+        ok = ((ms - 60 * k >= clear) & (ms - 60 * k >= 0))[:, :, None]
+        ref_ok = (ms - 120 * k >= clear) & (ref_v >= 30 * k)
+        loc = np.where(ref_ok, ref_c / ref_v, np.nan)
+        return (
+            np.where(ok, win_c[:, :, None] + part_c, 0.0),
+            np.where(ok, win_v[:, :, None] + part_v, 0.0),
+            loc[:, :, None],
+            ref_v[:, :, None],
+        )
+
+    def _long_totals(self, minute: int) -> tuple[np.ndarray, ...]:
+        """Events and seconds with data of every metric in the last ``k`` whole minutes
+        before epoch minute ``minute`` and in the ``k`` before those, for each ``k`` of
+        LONG_MINUTES: four ``(len(LONG_MINUTES), metrics)`` arrays. Each minute is read
+        once: the spans between the windows' edges are summed, then added up (counts are
+        whole numbers: the sums are exact in any order)."""
+        spans = [self._minute_totals(minute - b, minute - a) for a, b in itertools.pairwise(_EDGES)]
+        back_c, back_v = (np.cumsum([t[j] for t in spans], axis=0) for j in (0, 1))
+        near, far = _EDGE_AT[:, 0], _EDGE_AT[:, 1]  # the edges k and 2k
+        return back_c[near], back_v[near], back_c[far] - back_c[near], back_v[far] - back_v[near]
 
     def _minute_totals(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Events and seconds with data of every metric in epoch minutes ``first`` up to
@@ -891,23 +909,23 @@ class Detector:
         e = ref * nv
         full = nv >= HALF_SCALES[:, None, None]  # as scored: data in half its seconds
         learn = (e >= 5) & full & ~self.firing[None, :, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = e + self.excess[:, :, None] * e * e
-            short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
-            obs = (2.0 * short2 - e) / (e * e)
-            big = (expect >= FLOOR_MIN_EVENTS) & full
-            ratio = np.where(big & ~self.firing[None, :, None], s / expect, np.inf)
-            during = np.where(big & self.firing[None, :, None], s / expect, np.inf)
+        var = e + self.excess[:, :, None] * e * e
+        short2 = np.minimum(np.maximum(e - s, 0.0) ** 2, CLIP_SD**2 * var)
+        obs = (2.0 * short2 - e) / (e * e)
+        big = (expect >= FLOOR_MIN_EVENTS) & full
+        fell = s / expect
         self._noise_sum += np.where(learn, obs, 0.0).sum(axis=2)
         self._noise_n += learn.sum(axis=2)
+        ratio = np.where(big & ~self.firing[None, :, None], fell, np.inf)
         self._minute_floor = np.minimum(self._minute_floor, ratio.min(axis=2))
-        self._incident_floor = np.minimum(self._incident_floor, during.min(axis=2))
+        if self.firing.any():
+            during = np.where(big & self.firing[None, :, None], fell, np.inf)
+            self._incident_floor = np.minimum(self._incident_floor, during.min(axis=2))
 
     def _close_minute(self, minute: int) -> None:
         """Minute ``minute`` (epoch minutes) ended: learn the normal rate and the noise."""
         r = RING_MINUTES
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = self._minute_sum / self._minute_valid
+        rate = self._minute_sum / self._minute_valid
         long_incident = self.firing & (self._pos - self._fire_pos >= RELEARN_MINUTES * 60)
         usable = (self._minute_valid >= 30) & (~self.firing | long_incident)
         self._minutes[:, minute % r] = np.where(usable, rate, np.nan)
@@ -920,7 +938,8 @@ class Detector:
             return _nanmedian(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
 
         self._note_surges(minute)
-        recent = span(minute - RECENT_MINUTES + 1, minute)
+        hours = _nanmedian(self._minutes.take((minute + _HOURS_AT) % r, axis=1))
+        recent, then = hours[:, 0], hours[:, 1:]  # today's last hour: the recent normal
         # a fall under way, not paged, that goes deeper than the metric has gone on its
         # own (its lead-in minutes DEPTH_MARGIN times as far below the normal rate as
         # the floor counted for good, at a minute or longer: a fall the score weighs
@@ -929,20 +948,16 @@ class Detector:
         # not judged against itself after half an hour.
         deep = slice(FALL_SCALE, None)
         settled = _rank_floor(self._floor_past[:, deep], self._floor_now[:, deep])
-        with np.errstate(invalid="ignore"):
-            deeper = self._lead[:, deep].min(axis=0) < 1.0 - DEPTH_MARGIN * (1.0 - settled)
-            falling = np.flatnonzero(deeper.any(axis=0))
+        deeper = self._lead[:, deep].min(axis=0) < 1.0 - DEPTH_MARGIN * (1.0 - settled)
+        falling = np.flatnonzero(deeper.any(axis=0))
         if falling.size:
             lead_in = minute - LEAD_MINUTES
             before = span(lead_in - RECENT_MINUTES + 1, lead_in, falling)
             recent[falling] = np.fmax(recent[falling], before)
         # the daily cycle: each of the last days' rate around this time of day, scaled
         # by how today's last hour compares with that day's hour before it
-        back = minute - DAY_MINUTES * np.arange(1, PROFILE_DAYS + 1)[:, None]
-        then = _nanmedian(self._minutes.take((back + _HOUR_BEFORE) % r, axis=1))
-        profile = _nanmedian(self._minutes.take((back + _AROUND) % r, axis=1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            guesses = np.where(then > 0, profile * recent[:, None] / then, np.nan)
+        profile = _nanmedian(self._minutes.take((minute + _PROFILE_AT) % r, axis=1))
+        guesses = np.where(then > 0, profile * recent[:, None] / then, np.nan)
         expected = _nanmedian(guesses)
         self.recent, self.expected = recent, expected
         self.baseline = np.where(np.isfinite(expected), np.fmin(recent, expected), recent)
@@ -972,8 +987,7 @@ class Detector:
             self._past_lowest()
 
         got = self._noise_n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            obs = self._noise_sum / self._noise_n
+        obs = self._noise_sum / self._noise_n
         self._noise_minutes += got.any(axis=0)
         alpha = np.maximum(1.0 / np.maximum(self._noise_minutes, 1), 1.0 / NOISE_MEMORY_MINUTES)
         upd = np.maximum(self.excess + alpha[None, :] * (obs - self.excess), 1e-4)
@@ -983,8 +997,7 @@ class Detector:
         # learnt nothing for want of data (a gap) keeps what it had
         first = np.argmax(got, axis=0)
         fill = excess[first, np.arange(self.n)]
-        with np.errstate(invalid="ignore"):
-            too_short = self.recent[None, :] * np.asarray(SCALES)[:, None] < 5
+        too_short = self.recent[None, :] * np.asarray(SCALES)[:, None] < 5
         short = too_short & (np.arange(len(SCALES))[:, None] < first[None, :])
         excess = np.where(short & np.asarray(got.any(axis=0))[None, :], fill[None, :], excess)
         self.excess = np.where(np.isnan(excess), self.excess, excess)
@@ -995,8 +1008,7 @@ class Detector:
         # the tail: how often residuals fall below -TAIL_Z, against how often they would
         # if the noise were as modelled; a heavier tail stretches that scale's residuals
         got = self._tail_n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            freq = self._tail_hits / self._tail_n
+        freq = self._tail_hits / self._tail_n
         self._tail_minutes += got.any(axis=0)
         alpha = np.maximum(
             1.0 / (self._tail_minutes + TAIL_PRIOR_MINUTES), 1.0 / TAIL_MEMORY_MINUTES
@@ -1016,20 +1028,18 @@ class Detector:
         remember the rate before it if that was significantly (2 sd) below the normal
         rate; forget it once the surge has lasted SURGE_MAX_MINUTES, a new level."""
         base, got = self.baseline, self._minute_sum
-        with np.errstate(invalid="ignore"):
-            expect = base * self._minute_valid
-            sd = np.sqrt(expect + self.excess[SURGE_SCALE] * expect * expect)
-            above = np.flatnonzero((got - expect >= 2.0 * sd) & (expect > 0) & ~self.firing)
+        expect = base * self._minute_valid
+        sd = np.sqrt(expect + self.excess[SURGE_SCALE] * expect * expect)
+        above = np.flatnonzero((got - expect >= 2.0 * sd) & (expect > 0) & ~self.firing)
         if not above.size:
             return
         going = self._surge_minute[above] >= minute - 2
         count, valid = self._minute_totals(minute - 1 - SURGE_LEAD_MINUTES, minute - 1)
         c, v, b = count[above], valid[above], base[above]
         rate = got[above] / self._minute_valid[above]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            before = np.where(v >= 30 * SURGE_LEAD_MINUTES, c / v, np.nan)
-            new = ~going & (rate >= SURGE_FACTOR * before) & (rate - b >= b - before)
-            low = (before - b) * v < -2.0 * np.sqrt(b * v)
+        before = np.where(v >= 30 * SURGE_LEAD_MINUTES, c / v, np.nan)
+        new = ~going & (rate >= SURGE_FACTOR * before) & (rate - b >= b - before)
+        low = (before - b) * v < -2.0 * np.sqrt(b * v)
         self._before_surge[above[new]] = np.where(low[new], before[new], np.nan)
         self._surge_since[above[new]] = minute
         old = above[going & (minute - self._surge_since[above] >= SURGE_MAX_MINUTES)]
@@ -1318,9 +1328,12 @@ def _tail_scale(tail: np.ndarray) -> np.ndarray:
 
 def _lowest_with(low: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The three lowest of ``low`` (three lowest, sorted) and one more value ``x``:
-    those of ``low`` and the triple ``x``, NaN, NaN (NaN counts last)."""
-    none = np.full_like(x, np.nan)
-    return _lowest_of_both(low, np.stack([x, none, none]))
+    as :func:`_lowest_of_both` of ``low`` and the triple ``x``, NaN, NaN (NaN counts
+    last), with the terms that NaN drops left out."""
+    a0, a1, a2 = low
+    return np.stack(
+        [np.fmin(a0, x), np.fmin(a1, np.maximum(a0, x)), np.fmin(a2, np.maximum(a1, x))]
+    )
 
 
 def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1337,8 +1350,11 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _three_lowest(values: np.ndarray) -> np.ndarray:
     """The three lowest along the first axis of ``values`` (at least one), sorted: as
-    ``np.sort(values, axis=0)[:3]``, but each slice is inserted in turn, in place,
-    which takes a quarter of the time of sorting them all."""
+    ``np.sort(values, axis=0)[:3]``, which it is for a few columns; for many, each
+    slice is inserted in turn, in place, which takes a quarter of the time of sorting
+    them all (one sort call costs less than the inserts' calls below a few hundred)."""
+    if len(values) >= 3 and values[0].size <= SORT_MAX_COLUMNS:
+        return np.sort(values, axis=0)[:3]
     low0 = values[0].copy()
     low1, low2 = np.full_like(low0, np.inf), np.full_like(low0, np.inf)
     up, up2 = np.empty_like(low0), np.empty_like(low0)
@@ -1353,14 +1369,26 @@ def _three_lowest(values: np.ndarray) -> np.ndarray:
 
 def _rank_floor(past: np.ndarray, now: np.ndarray) -> np.ndarray:
     """The FLOOR_RANK-th lowest ratio of the earlier half-days (``past``) and this one
-    (``now``: each their lowest, sorted), within 0..1; NaN where there is none yet."""
-    low = _lowest_of_both(past, now)[-1]
+    (``now``: each their lowest, sorted), within 0..1; NaN where there is none yet. (The
+    third row of :func:`_lowest_of_both`, alone.)"""
+    a0, a1, a2 = past
+    b0, b1, b2 = now
+    low = np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0)))
     return np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
 
 
 def _next_half_day(before: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``now`` joins the earlier half-days (the oldest drops out); the new one is empty."""
     return np.concatenate([now[None], before[:-1]]), np.full_like(now, np.inf)
+
+
+def _joined(short: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """The short scales' ``(scales, metrics, seconds)`` array followed by the long
+    scales', given one value per metric (``(scales, metrics, 1)``) for every second."""
+    out = np.empty((short.shape[0] + long.shape[0], *short.shape[1:]))
+    out[: short.shape[0]] = short
+    out[short.shape[0] :] = long
+    return out
 
 
 def _ring_slices(ring: np.ndarray, first: int, end: int) -> list[np.ndarray]:
@@ -1388,8 +1416,16 @@ def _nb_signed_root(s: np.ndarray, e: np.ndarray, excess: np.ndarray | float) ->
     """Signed deviance residual of count ``s`` against a negative binomial with mean ``e``
     and variance ``e + excess * e**2`` (0 where nothing was expected or seen)."""
     k = 1.0 / np.asarray(excess)
+    seen = s > 0
+    sk = s + k
     with np.errstate(invalid="ignore", divide="ignore"):
-        slog = np.where(s > 0, s * np.log(np.where(s > 0, s, 1.0) / e), 0.0)
-        d = 2.0 * (slog - (s + k) * np.log((s + k) / (e + k)))
-        r = np.sign(s - e) * np.sqrt(np.maximum(d, 0.0))
-    return np.where((e > 0) & np.isfinite(r), r, 0.0)
+        slog = np.log(np.where(seen, s, 1.0) / e)
+        slog *= s
+        klog = np.log(sk / (e + k))
+        klog *= sk
+        d = np.where(seen, slog, 0.0)
+        d -= klog
+        d *= 2.0
+        np.sqrt(np.maximum(d, 0.0, out=d), out=d)
+        d *= np.sign(s - e)
+    return np.where((e > 0) & np.isfinite(d), d, 0.0)
