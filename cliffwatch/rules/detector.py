@@ -933,10 +933,6 @@ class Detector:
         self._mvalid[:, minute % MINUTE_RING] = self._minute_valid
         self.minutes_seen += self._minute_valid >= 30
 
-        def span(first: int, last: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
-            parts = [p[rows] for p in _ring_slices(self._minutes, first, last + 1)]
-            return _nanmedian(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
-
         self._note_surges(minute)
         hours = _nanmedian(self._minutes.take((minute + _HOURS_AT) % r, axis=1))
         recent, then = hours[:, 0], hours[:, 1:]  # today's last hour: the recent normal
@@ -952,7 +948,7 @@ class Detector:
         falling = np.flatnonzero(deeper.any(axis=0))
         if falling.size:
             lead_in = minute - LEAD_MINUTES
-            before = span(lead_in - RECENT_MINUTES + 1, lead_in, falling)
+            before = _nanmedian(self._minutes[falling[:, None], (lead_in + _HOUR_BEFORE) % r])
             recent[falling] = np.fmax(recent[falling], before)
         # the daily cycle: each of the last days' rate around this time of day, scaled
         # by how today's last hour compares with that day's hour before it
@@ -1344,8 +1340,16 @@ def _lowest_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
     np.fmin(a0, b0, out=out[0, ...])
     np.fmin(np.fmin(a1, b1), np.maximum(a0, b0), out=out[1, ...])
-    np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0)), out=out[2, ...])
+    out[2, ...] = _third_of_both(a, b)
     return out
+
+
+def _third_of_both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The third lowest of two sorted triples (the last row of :func:`_lowest_of_both`)."""
+    a0, a1, a2 = a
+    b0, b1, b2 = b
+    third: np.ndarray = np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0)))
+    return third
 
 
 def _three_lowest(values: np.ndarray) -> np.ndarray:
@@ -1369,11 +1373,8 @@ def _three_lowest(values: np.ndarray) -> np.ndarray:
 
 def _rank_floor(past: np.ndarray, now: np.ndarray) -> np.ndarray:
     """The FLOOR_RANK-th lowest ratio of the earlier half-days (``past``) and this one
-    (``now``: each their lowest, sorted), within 0..1; NaN where there is none yet. (The
-    third row of :func:`_lowest_of_both`, alone.)"""
-    a0, a1, a2 = past
-    b0, b1, b2 = now
-    low = np.fmin(np.fmin(a2, b2), np.fmin(np.maximum(a0, b1), np.maximum(a1, b0)))
+    (``now``: each their lowest, sorted), within 0..1; NaN where there is none yet."""
+    low = _third_of_both(past, now)
     return np.where(np.isfinite(low), np.clip(low, 0.0, 1.0), np.nan)
 
 
